@@ -1,0 +1,71 @@
+/**
+ * `metagrid <command>`: the one entry point for operators and scripts.
+ */
+import { ApiResponseError, ApiUnreachableError } from './cli/api-client.ts'
+import { UsageError } from './cli/usage.ts'
+import { devnetCommand } from './commands/devnet.ts'
+import { startCommand } from './commands/start.ts'
+import { statusCommand } from './commands/status.ts'
+import { ExitCode, type ExitCodeValue } from './exit-codes.ts'
+import { VERSION } from './version.ts'
+import type { CommandIO } from './cli/io.ts'
+
+export const HELP = `metagrid ${VERSION}: peer-to-peer edge node daemon for real-time virtual worlds
+
+usage: metagrid <command> [options]
+
+commands:
+  start     run a node until SIGTERM or SIGINT
+            [--config FILE] [--data-dir DIR] [--listen MULTIADDR]... [--announce MULTIADDR]...
+            [--api HOST:PORT] [--bootstrap MULTIADDR]... [--region CODE] [--log-level LEVEL]
+            [--log-format auto|json|pretty]
+  devnet    run N nodes on loopback as separate processes, wired by bootstrap
+            --nodes N [--data-dir DIR] [--json]
+  status    show a running node's status   [--api URL] [--json]
+  version   print the version
+  help      print this text
+
+Every start option is also a config-file key and a METAGRID_* environment variable
+(flags win over environment, environment over file). See README.md.
+`
+
+type Command = (args: string[], io: CommandIO) => Promise<ExitCodeValue>
+
+const COMMANDS: Record<string, Command> = {
+  start: startCommand,
+  devnet: devnetCommand,
+  status: statusCommand,
+  version: async (_args, io) => { io.stdout.write(`${VERSION}\n`); return ExitCode.OK },
+  help: async (_args, io) => { io.stdout.write(HELP); return ExitCode.OK }
+}
+
+export async function main (argv: string[], io: CommandIO): Promise<ExitCodeValue> {
+  const [name, ...args] = argv
+  if (name == null || name === '--help' || name === '-h') {
+    io.stdout.write(HELP)
+    return name == null ? ExitCode.USAGE : ExitCode.OK
+  }
+  if (name === '--version') return COMMANDS.version!(args, io)
+  const command = COMMANDS[name]
+  if (command == null) {
+    io.stderr.write(`usage error: unknown command ${JSON.stringify(name)}; expected one of: ${Object.keys(COMMANDS).join(', ')}\n`)
+    return ExitCode.USAGE
+  }
+  try {
+    return await command(args, io)
+  } catch (err) {
+    if (err instanceof UsageError) {
+      io.stderr.write(`${err.message}\n`)
+      return ExitCode.USAGE
+    }
+    if (err instanceof ApiUnreachableError) {
+      io.stderr.write(`${err.message}\n`)
+      return ExitCode.UNREACHABLE
+    }
+    if (err instanceof ApiResponseError) {
+      io.stderr.write(`error: ${err.message}\n`)
+      return ExitCode.FAILURE
+    }
+    throw err
+  }
+}

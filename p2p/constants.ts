@@ -1,0 +1,22 @@
+/**
+ * Every protocol id and topic name metagrid puts on the wire, in one place.
+ * A change of wire format bumps the version in the name, so old and new nodes
+ * never misread each other: they simply do not speak.
+ */
+
+/** Prefix for the Kademlia DHT; nodes of another libp2p network do not join ours by accident. */
+export const DHT_PROTOCOL = '/metagrid/kad/1.0.0'
+
+/** Anti-entropy for shard state over a direct stream. */
+export const SYNC_PROTOCOL = '/metagrid/sync/1.0.0'
+
+/** Signed load reports. */
+export const TELEMETRY_TOPIC = '/metagrid/telemetry/1'
+
+/** CRDT deltas for one shard (or shard group). */
+export function shardTopic (shardId: string): string {
+  return `/metagrid/shard/${shardId}/1`
+}
+
+/** libp2p's user agent for this software, seen by peers through identify. */
+export const AGENT_NAME = 'metagrid'

@@ -1,0 +1,104 @@
+/**
+ * Builds the libp2p node every metagrid part runs on: TCP, Noise, Yamux,
+ * identify, ping, a Kademlia DHT in server mode under our own protocol, and
+ * gossipsub with signed messages.
+ */
+import { noise } from '@chainsafe/libp2p-noise'
+import { yamux } from '@chainsafe/libp2p-yamux'
+import { bootstrap } from '@libp2p/bootstrap'
+import { gossipsub, type GossipSub, type GossipsubOpts } from '@libp2p/gossipsub'
+import { identify, type Identify } from '@libp2p/identify'
+import { kadDHT, passthroughMapper, type KadDHT, type SelectFn, type ValidateFn } from '@libp2p/kad-dht'
+import { ping, type Ping } from '@libp2p/ping'
+import { prometheusMetrics } from '@libp2p/prometheus-metrics'
+import { tcp } from '@libp2p/tcp'
+import { createLibp2p, type Libp2p } from 'libp2p'
+import { AGENT_NAME, DHT_PROTOCOL } from './constants.ts'
+import type { ComponentLogger, PeerDiscovery, PrivateKey } from '@libp2p/interface'
+import type { Datastore } from 'interface-datastore'
+import type { Registry } from 'prom-client'
+
+export interface MetagridServices extends Record<string, unknown> {
+  identify: Identify
+  ping: Ping
+  dht: KadDHT
+  pubsub: GossipSub
+}
+
+export type MetagridLibp2p = Libp2p<MetagridServices>
+
+export interface ConnectionLimits {
+  maxConnections: number
+  maxIncomingPendingConnections: number
+  maxParallelDials: number
+  dialTimeoutMs: number
+  inboundConnectionThreshold: number
+}
+
+export interface Libp2pOptions {
+  privateKey: PrivateKey
+  listen: string[]
+  announce: string[]
+  bootstrap: string[]
+  connections: ConnectionLimits
+  datastore: Datastore
+  logger: ComponentLogger
+  /** Registry that libp2p's own metrics join; null runs without metrics. */
+  metricsRegistry: Registry | null
+  version: string
+  /** DHT record validators and selectors by key prefix, added by the parts that store records. */
+  dhtValidators?: Record<string, ValidateFn>
+  dhtSelectors?: Record<string, SelectFn>
+  /** In DHT client mode the node asks but does not answer or store; for light clients. */
+  dhtClientMode?: boolean
+  gossipsub?: Partial<GossipsubOpts>
+}
+
+export async function createMetagridLibp2p (options: Libp2pOptions): Promise<MetagridLibp2p> {
+  const peerDiscovery: Array<(components: any) => PeerDiscovery> = []
+  if (options.bootstrap.length > 0) {
+    // Dial bootstrap peers at once rather than after libp2p's default second of delay.
+    peerDiscovery.push(bootstrap({ list: options.bootstrap, timeout: 0 }))
+  }
+  return createLibp2p({
+    privateKey: options.privateKey,
+    start: false,
+    addresses: { listen: options.listen, announce: options.announce },
+    transports: [tcp()],
+    connectionEncrypters: [noise()],
+    streamMuxers: [yamux()],
+    peerDiscovery,
+    datastore: options.datastore,
+    logger: options.logger,
+    nodeInfo: { name: AGENT_NAME, version: options.version, userAgent: `${AGENT_NAME}/${options.version}` },
+    connectionManager: {
+      maxConnections: options.connections.maxConnections,
+      maxIncomingPendingConnections: options.connections.maxIncomingPendingConnections,
+      maxParallelDials: options.connections.maxParallelDials,
+      dialTimeout: options.connections.dialTimeoutMs,
+      inboundConnectionThreshold: options.connections.inboundConnectionThreshold
+    },
+    ...(options.metricsRegistry != null
+      ? { metrics: prometheusMetrics({ registry: options.metricsRegistry, preserveExistingMetrics: true, collectDefaultMetrics: false }) }
+      : {}),
+    services: {
+      identify: identify(),
+      ping: ping(),
+      dht: kadDHT({
+        protocol: DHT_PROTOCOL,
+        // Edge meshes live on LANs and in tests on loopback: keep private addresses and answer queries from the start.
+        clientMode: options.dhtClientMode ?? false,
+        peerInfoMapper: passthroughMapper,
+        validators: options.dhtValidators ?? {},
+        selectors: options.dhtSelectors ?? {}
+      }),
+      pubsub: gossipsub({
+        globalSignaturePolicy: 'StrictSign',
+        // A node alone in its mesh still publishes; nobody hears it, and that is not an error.
+        allowPublishToZeroTopicPeers: true,
+        emitSelf: false,
+        ...options.gossipsub
+      })
+    }
+  })
+}
