@@ -12,7 +12,12 @@ import type { Logger } from './log/logger.ts'
  */
 export const SHUTDOWN_DEADLINE_MS = 4_500
 
-export function untilSignalled (stop: () => Promise<void>, logger: Logger, deadlineMs = SHUTDOWN_DEADLINE_MS): Promise<ExitCodeValue> {
+export interface SignalSource {
+  on: (event: 'SIGTERM' | 'SIGINT', listener: (signal: NodeJS.Signals) => void) => unknown
+}
+
+/** Resolves to the exit code once a signal has stopped the node (or forced the exit). */
+export function untilSignalled (stop: () => Promise<void>, logger: Logger, deadlineMs = SHUTDOWN_DEADLINE_MS, signals: SignalSource = process): Promise<ExitCodeValue> {
   return new Promise((resolve) => {
     let signalled = false
     const onSignal = (signal: NodeJS.Signals): void => {
@@ -37,8 +42,8 @@ export function untilSignalled (stop: () => Promise<void>, logger: Logger, deadl
         resolve(ExitCode.FAILURE)
       })
     }
-    process.on('SIGTERM', onSignal)
-    process.on('SIGINT', onSignal)
+    signals.on('SIGTERM', onSignal)
+    signals.on('SIGINT', onSignal)
   })
 }
 

@@ -32,7 +32,11 @@ describe('a three-node mesh of daemon processes', () => {
     expect(status.uptimeS).toBeGreaterThanOrEqual(0)
     const { peers } = await getJson(b.api, '/v1/peers')
     expect(peers.map((peer: { peerId: string }) => peer.peerId).sort()).toEqual([seed.peerId, c.peerId].sort())
-    expect(peers[0]).toMatchObject({ addrs: [expect.stringMatching(/^\/ip4\/127\.0\.0\.1\/tcp\//)], agent: expect.stringMatching(/^metagrid\//) })
+    for (const peer of peers) {
+      // Two nodes that dial each other at the same moment can hold two connections; each is listed.
+      for (const addr of peer.addrs) expect(addr).toMatch(/^\/ip4\/127\.0\.0\.1\/tcp\/\d+\/p2p\//)
+      expect(peer.agent).toMatch(/^metagrid\//)
+    }
   })
 
   it('finds every other node with a DHT query', async () => {
@@ -51,10 +55,10 @@ describe('a three-node mesh of daemon processes', () => {
   it('answers a lookup for a peer nobody knows with 404', async () => {
     const response = await fetch(`${b.api}/v1/dht/peers/12D3KooWNFBn5sWgNob1oDEUEkPbomk8gWA39jVo8QBQSF42p4PR`)
     expect(response.status).toBe(404)
-    expect((await response.json()).error.code).toBe('PEER_NOT_FOUND')
+    expect((await response.json() as any).error.code).toBe('PEER_NOT_FOUND')
     const bad = await fetch(`${b.api}/v1/dht/peers/not-a-peer`)
     expect(bad.status).toBe(400)
-    expect((await bad.json()).error.code).toBe('BAD_PEER_ID')
+    expect((await bad.json() as any).error.code).toBe('BAD_PEER_ID')
   })
 
   it('serves Prometheus metrics with libp2p and metagrid series', async () => {

@@ -54,13 +54,13 @@ export async function getJson<T = any> (api: string, path: string): Promise<T> {
 }
 
 /** Polls `check` until it returns a value that is not undefined/false, or fails with the last error. */
-export async function waitFor<T> (what: string, check: () => Promise<T | undefined | false> | T | undefined | false, timeoutMs = 30_000, intervalMs = 250): Promise<T> {
+export async function waitFor<T> (what: string, check: () => Promise<T> | T, timeoutMs = 30_000, intervalMs = 250): Promise<Exclude<T, false | undefined>> {
   const deadline = Date.now() + timeoutMs
   let lastError: unknown
   while (Date.now() < deadline) {
     try {
       const value = await check()
-      if (value !== undefined && value !== false) return value
+      if (value !== undefined && value !== false) return value as Exclude<T, false | undefined>
     } catch (err) {
       lastError = err
     }

@@ -1,0 +1,33 @@
+/**
+ * The README is the user's entry; these checks keep its reference tables in
+ * step with the code they describe.
+ */
+import { readFile } from 'node:fs/promises'
+import { describe, expect, it } from 'vitest'
+import { configLeaves } from '../../daemon/config/env.ts'
+import { configSchema } from '../../daemon/config/schema.ts'
+import { START_FLAGS } from '../../daemon/commands/start.ts'
+import { ExitCode } from '../../daemon/exit-codes.ts'
+
+const readme = await readFile(new URL('../../README.md', import.meta.url), 'utf8')
+
+describe('README', () => {
+  it('documents every config key with its environment variable', () => {
+    for (const leaf of configLeaves(configSchema)) {
+      expect(readme).toContain(`| \`${leaf.path.join('.')}\` | \`${leaf.env}\` |`)
+    }
+  })
+
+  it('documents every start flag', () => {
+    for (const flag of Object.keys(START_FLAGS)) expect(readme).toContain(`--${flag}`)
+  })
+
+  it('documents every exit code', () => {
+    for (const code of Object.values(ExitCode)) expect(readme).toMatch(new RegExp(`^\\| ${code} \\| `, 'm'))
+  })
+
+  it('gives the two set-up commands and the test command', () => {
+    expect(readme).toMatch(/```sh\nnpm install\nnpm start\n```/)
+    expect(readme).toMatch(/```sh\nnpm test\n```/)
+  })
+})
