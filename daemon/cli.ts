@@ -4,6 +4,7 @@
 import { ApiResponseError, ApiUnreachableError } from './cli/api-client.ts'
 import { UsageError } from './cli/usage.ts'
 import { devnetCommand } from './commands/devnet.ts'
+import { meshCommand } from './commands/mesh.ts'
 import { startCommand } from './commands/start.ts'
 import { statusCommand } from './commands/status.ts'
 import { ExitCode, type ExitCodeValue } from './exit-codes.ts'
@@ -22,6 +23,8 @@ commands:
   devnet    run N nodes on loopback as separate processes, wired by bootstrap
             --nodes N [--data-dir DIR] [--json]
   status    show a running node's status   [--api URL] [--json]
+  mesh      show the mesh as a node sees it: states, load, RTT estimated and measured
+            [--api URL] [--json]
   version   print the version
   help      print this text
 
@@ -35,6 +38,7 @@ const COMMANDS: Record<string, Command> = {
   start: startCommand,
   devnet: devnetCommand,
   status: statusCommand,
+  mesh: meshCommand,
   version: async (_args, io) => { io.stdout.write(`${VERSION}\n`); return ExitCode.OK },
   help: async (_args, io) => { io.stdout.write(HELP); return ExitCode.OK }
 }

@@ -22,6 +22,19 @@ export class Metrics {
   readonly apiErrors: Counter<'code'>
   readonly peersConnected: Gauge
   readonly uptimeSeconds: Gauge
+  /** Gossip messages by topic kind and validation result (accept, ignore, reject). */
+  readonly gossipMessages: Counter<'topic' | 'result'>
+  /** Gossip messages refused, by topic kind, reason code and action. */
+  readonly gossipInvalid: Counter<'topic' | 'reason' | 'action'>
+  /** Messages on direct streams (probe, sync) refused as malformed or abusive, by protocol and reason. */
+  readonly wireRejected: Counter<'protocol' | 'reason'>
+  readonly telemetryPublished: Counter
+  readonly probeRtt: Histogram
+  readonly probeFailures: Counter<'kind'>
+  readonly members: Gauge<'state'>
+  readonly memberTransitions: Counter<'to'>
+  /** This node's own Vivaldi error estimate (0 certain, 1.5 knows nothing). */
+  readonly coordinateError: Gauge
 
   constructor (registry: Registry = new Registry()) {
     this.registry = registry
@@ -39,6 +52,21 @@ export class Metrics {
     this.apiErrors = new Counter({ name: 'metagrid_api_errors_total', help: 'HTTP API requests answered with an error, by error code', labelNames: ['code'], registers })
     this.peersConnected = new Gauge({ name: 'metagrid_peers_connected', help: 'Peers with at least one open connection', registers })
     this.uptimeSeconds = new Gauge({ name: 'metagrid_uptime_seconds', help: 'Seconds since the node started', registers })
+    this.gossipMessages = new Counter({ name: 'metagrid_gossip_messages_total', help: 'Gossip messages validated, by topic kind and result', labelNames: ['topic', 'result'], registers })
+    this.gossipInvalid = new Counter({ name: 'metagrid_gossip_invalid_total', help: 'Gossip messages refused, by topic kind, reason and action', labelNames: ['topic', 'reason', 'action'], registers })
+    this.wireRejected = new Counter({ name: 'metagrid_wire_rejected_total', help: 'Direct-stream messages refused, by protocol and reason', labelNames: ['protocol', 'reason'], registers })
+    this.telemetryPublished = new Counter({ name: 'metagrid_telemetry_reports_published_total', help: 'Load reports this node published', registers })
+    this.probeRtt = new Histogram({
+      name: 'metagrid_probe_rtt_seconds',
+      help: 'Round-trip time of direct latency probes',
+      // From a LAN (sub-millisecond) to the far side of the planet (300 ms) and a congested link beyond.
+      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2],
+      registers
+    })
+    this.probeFailures = new Counter({ name: 'metagrid_probe_failures_total', help: 'Failed probes, direct or indirect', labelNames: ['kind'], registers })
+    this.members = new Gauge({ name: 'metagrid_members', help: 'Members of the mesh as this node sees them, by state', labelNames: ['state'], registers })
+    this.memberTransitions = new Counter({ name: 'metagrid_member_transitions_total', help: 'Membership state changes, by new state', labelNames: ['to'], registers })
+    this.coordinateError = new Gauge({ name: 'metagrid_coordinate_error', help: 'This node\'s Vivaldi coordinate error estimate', registers })
   }
 
   /** Registers a function that refreshes point-in-time gauges just before each scrape. */

@@ -8,8 +8,10 @@ import { join } from 'node:path'
 import { LevelDatastore } from 'datastore-level'
 import { loadOrCreateEd25519Key } from '../attest/key-file.ts'
 import { createMetagridLibp2p, type MetagridLibp2p } from '../p2p/libp2p.ts'
+import { Mesh } from '../p2p/mesh.ts'
 import { Database, SUBLEVELS } from '../storage/database.ts'
 import { createApiServer } from './api/server.ts'
+import { registerMeshRoutes } from './api/routes/mesh.ts'
 import { registerNodeRoutes } from './api/routes/node.ts'
 import { libp2pComponentLogger } from './log/libp2p-logger.ts'
 import { Metrics } from './metrics.ts'
@@ -18,6 +20,7 @@ import type { Config } from './config/schema.ts'
 import type { Logger } from './log/logger.ts'
 import type { FastifyInstance } from 'fastify'
 import type { Level } from 'level'
+import type { PrivateKey } from '@libp2p/interface'
 
 export class AddressInUseError extends Error {
   static override name = 'AddressInUseError'
@@ -51,17 +54,26 @@ export class MetagridNode {
   readonly metrics: Metrics
   readonly database: Database
   readonly libp2p: MetagridLibp2p
+  readonly mesh: Mesh
   readonly api: FastifyInstance
   private readonly startedAt = Date.now()
+  private readonly inFlight = { count: 0 }
   private stopping: Promise<void> | undefined
 
-  private constructor (options: NodeOptions, database: Database, libp2p: MetagridLibp2p, metrics: Metrics) {
+  private constructor (options: NodeOptions, database: Database, libp2p: MetagridLibp2p, metrics: Metrics, privateKey: PrivateKey) {
     this.config = options.config
     this.logger = options.logger
     this.database = database
     this.libp2p = libp2p
     this.metrics = metrics
-    this.api = createApiServer({ logger: this.logger, metrics })
+    this.mesh = new Mesh({
+      libp2p,
+      privateKey,
+      loadSources: { queueLength: () => this.inFlight.count },
+      metrics,
+      logger: this.logger
+    }, { telemetry: this.config.telemetry, probes: this.config.probes, membership: this.config.membership })
+    this.api = createApiServer({ logger: this.logger, metrics, inFlight: this.inFlight })
     registerNodeRoutes(this.api, {
       libp2p,
       metrics,
@@ -69,6 +81,7 @@ export class MetagridNode {
       startedAt: this.startedAt,
       ...(this.config.region != null ? { region: this.config.region } : {})
     })
+    registerMeshRoutes(this.api, this.mesh)
   }
 
   /** Builds every part without starting the network or the API. */
@@ -97,9 +110,10 @@ export class MetagridNode {
         datastore,
         logger: libp2pComponentLogger(logger),
         metricsRegistry: metrics.registry,
-        version: VERSION
+        version: VERSION,
+        ...(config.outboundBindAddress != null ? { outboundBindAddress: config.outboundBindAddress } : {})
       })
-      return new MetagridNode(options, database, libp2p, metrics)
+      return new MetagridNode(options, database, libp2p, metrics, key)
     } catch (err) {
       await database.close()
       throw err
@@ -118,6 +132,7 @@ export class MetagridNode {
       }
       throw err
     }
+    await this.mesh.start()
     const { host, port } = splitHostPort(this.config.api)
     let address
     try {
@@ -144,6 +159,7 @@ export class MetagridNode {
       } catch (err) {
         this.logger.warn({ code: 'API_CLOSE', err }, 'API did not close cleanly')
       }
+      await this.mesh.stop().catch((err: unknown) => { this.logger.warn({ code: 'MESH_STOP', err }, 'mesh did not stop cleanly') })
       try {
         await this.libp2p.stop()
       } catch (err) {

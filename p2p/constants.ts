@@ -20,3 +20,6 @@ export function shardTopic (shardId: string): string {
 
 /** libp2p's user agent for this software, seen by peers through identify. */
 export const AGENT_NAME = 'metagrid'
+
+/** Indirect probes: "ping this peer for me" (SWIM's ping-req). */
+export const PROBE_PROTOCOL = '/metagrid/probe/1.0.0'

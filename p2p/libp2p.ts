@@ -11,9 +11,10 @@ import { identify, type Identify } from '@libp2p/identify'
 import { kadDHT, passthroughMapper, type KadDHT, type SelectFn, type ValidateFn } from '@libp2p/kad-dht'
 import { ping, type Ping } from '@libp2p/ping'
 import { prometheusMetrics } from '@libp2p/prometheus-metrics'
-import { tcp } from '@libp2p/tcp'
 import { createLibp2p, type Libp2p } from 'libp2p'
 import { AGENT_NAME, DHT_PROTOCOL } from './constants.ts'
+import { metagridScoreParams } from './gossip/scoring.ts'
+import { tcpTransport } from './transport.ts'
 import type { ComponentLogger, PeerDiscovery, PrivateKey } from '@libp2p/interface'
 import type { Datastore } from 'interface-datastore'
 import type { Registry } from 'prom-client'
@@ -52,6 +53,8 @@ export interface Libp2pOptions {
   /** In DHT client mode the node asks but does not answer or store; for light clients. */
   dhtClientMode?: boolean
   gossipsub?: Partial<GossipsubOpts>
+  /** Source address for outgoing TCP connections. */
+  outboundBindAddress?: string
 }
 
 export async function createMetagridLibp2p (options: Libp2pOptions): Promise<MetagridLibp2p> {
@@ -64,7 +67,7 @@ export async function createMetagridLibp2p (options: Libp2pOptions): Promise<Met
     privateKey: options.privateKey,
     start: false,
     addresses: { listen: options.listen, announce: options.announce },
-    transports: [tcp()],
+    transports: [tcpTransport(options.outboundBindAddress != null ? { outboundBindAddress: options.outboundBindAddress } : {})],
     connectionEncrypters: [noise()],
     streamMuxers: [yamux()],
     peerDiscovery,
@@ -97,8 +100,15 @@ export async function createMetagridLibp2p (options: Libp2pOptions): Promise<Met
         // A node alone in its mesh still publishes; nobody hears it, and that is not an error.
         allowPublishToZeroTopicPeers: true,
         emitSelf: false,
+        scoreParams: metagridScoreParams(),
         ...options.gossipsub
       })
     }
   })
+}
+
+/** gossipsub's score for a peer; the router has it, though the published interface does not list it. */
+export function gossipScore (libp2p: MetagridLibp2p, peerId: string): number {
+  const router = libp2p.services.pubsub as unknown as { getScore?: (id: string) => number }
+  return router.getScore?.(peerId) ?? 0
 }

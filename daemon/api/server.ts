@@ -11,6 +11,8 @@ import type { Metrics } from '../metrics.ts'
 export interface ApiServerComponents {
   logger: Logger
   metrics: Metrics | null
+  /** Requests in flight, kept current for load reports (their queue length). */
+  inFlight?: { count: number }
 }
 
 export interface ApiServerOptions {
@@ -37,8 +39,10 @@ export function createApiServer (components: ApiServerComponents, options: ApiSe
 
   app.addHook('onRequest', async (request) => {
     startTimes.set(request, process.hrtime.bigint())
+    if (components.inFlight != null) components.inFlight.count++
   })
   app.addHook('onResponse', async (request, reply) => {
+    if (components.inFlight != null) components.inFlight.count--
     const start = startTimes.get(request)
     if (start == null || metrics == null) return
     const seconds = Number(process.hrtime.bigint() - start) / 1e9

@@ -67,7 +67,9 @@ export async function startCommand (args: string[], io: CommandIO): Promise<Exit
     if (!config.api.startsWith('127.') && !config.api.startsWith('[::1]') && !config.api.startsWith('localhost:')) {
       logger.warn({ code: 'API_NOT_LOOPBACK', api: config.api }, 'the HTTP API listens beyond loopback; anyone who can reach it can read node state')
     }
-    logger.info(ready, 'ready')
+    // Scripts wait for this line, so it is written at any level but silent.
+    const announce = logger.isLevelEnabled('info') || config.logLevel === 'silent' ? logger : logger.child({}, { level: 'info' })
+    announce.info(ready, 'ready')
   } catch (err) {
     const code = exitCodeFor(err)
     logger.fatal({ code: (err as Error).name ?? 'START_FAILED', err: code === ExitCode.FAILURE ? err : undefined }, (err as Error).message)

@@ -59,6 +59,35 @@ const connectionsSchema = z.strictObject({
   inboundConnectionThreshold: z.int().min(1).max(10_000).default(10)
 })
 
+const ipAddress = z.union([z.ipv4(), z.ipv6()], { error: 'expected an IPv4 or IPv6 address such as 192.0.2.10' })
+
+const telemetrySchema = z.strictObject({
+  /** Two seconds keeps load and liveness fresh for real-time placement at ~150 bytes/s per node. */
+  intervalMs: z.int().min(100).max(600_000).default(2_000),
+  /** Reports older than this are ignored rather than applied: a node's load from 30 s ago misleads more than it informs. */
+  staleAfterMs: z.int().min(1_000).max(3_600_000).default(30_000),
+  /** A report from further in the future than this is ignored: the sender's clock is wrong. */
+  maxClockSkewMs: z.int().min(0).max(3_600_000).default(30_000)
+})
+
+const probesSchema = z.strictObject({
+  /** One ping a second is enough for Vivaldi to settle in a few minutes and costs ~100 bytes/s. */
+  intervalMs: z.int().min(50).max(600_000).default(1_000),
+  /** A ping slower than this counts as failed; well above any terrestrial RTT. */
+  timeoutMs: z.int().min(100).max(60_000).default(2_000),
+  /** Peers asked to ping a silent member before it is suspected (SWIM's k). */
+  indirect: z.int().min(0).max(16).default(3)
+})
+
+const membershipSchema = z.strictObject({
+  /** Silence longer than this (no report, no successful probe) starts a direct-then-indirect check. Three report intervals. */
+  suspectAfterMs: z.int().min(100).max(3_600_000).default(6_000),
+  /** A suspect that nobody (us or the peers we ask) can reach for this long is declared dead. */
+  deadAfterMs: z.int().min(100).max(3_600_000).default(10_000),
+  /** Dead members are listed this long, then forgotten. */
+  forgetAfterMs: z.int().min(1_000).max(86_400_000).default(600_000)
+})
+
 export const configSchema = z.strictObject({
   dataDir: z.string().min(1),
   listen: z.array(multiaddrString).min(1, { error: 'expected at least one listen multiaddr' }),
@@ -69,7 +98,12 @@ export const configSchema = z.strictObject({
   logLevel: z.enum(logLevels),
   /** `auto` writes JSON unless stdout is a terminal, so pipes, journald and scripts always get JSON. */
   logFormat: z.enum(['auto', 'json', 'pretty']),
-  connections: connectionsSchema.prefault({})
+  connections: connectionsSchema.prefault({}),
+  /** Source address for outgoing TCP connections of the same IP family, for multi-homed hosts (the testbed uses it to tell links apart). */
+  outboundBindAddress: ipAddress.optional(),
+  telemetry: telemetrySchema.prefault({}),
+  probes: probesSchema.prefault({}),
+  membership: membershipSchema.prefault({})
 })
 
 export type Config = z.infer<typeof configSchema>

@@ -6,7 +6,7 @@ import { peerIdFromString } from '@libp2p/peer-id'
 import { z } from 'zod'
 import { badRequest, notFound, parseInput } from '../errors.ts'
 import type { Metrics } from '../../metrics.ts'
-import type { MetagridLibp2p } from '../../../p2p/libp2p.ts'
+import { gossipScore, type MetagridLibp2p } from '../../../p2p/libp2p.ts'
 import type { PeerId } from '@libp2p/interface'
 import type { FastifyInstance } from 'fastify'
 
@@ -25,6 +25,8 @@ export interface PeerView {
   /** Round-trip time from libp2p's connection monitor, when a ping has completed. */
   latencyMs: number | null
   agent: string | null
+  /** gossipsub's score for the peer; negative after invalid messages. */
+  gossipScore: number
 }
 
 /** Bounds a DHT lookup made on behalf of an API caller. */
@@ -54,7 +56,7 @@ async function peersOf (libp2p: MetagridLibp2p): Promise<PeerView[]> {
   for (const connection of libp2p.getConnections()) {
     if (connection.status !== 'open') continue
     const id = connection.remotePeer.toString()
-    const view = byPeer.get(id) ?? { peerId: id, addrs: [], direction: connection.direction, latencyMs: null, agent: null }
+    const view = byPeer.get(id) ?? { peerId: id, addrs: [], direction: connection.direction, latencyMs: null, agent: null, gossipScore: gossipScore(libp2p, id) }
     view.addrs.push(connection.remoteAddr.toString())
     if (connection.rtt != null && (view.latencyMs == null || connection.rtt < view.latencyMs)) view.latencyMs = connection.rtt
     byPeer.set(id, view)
