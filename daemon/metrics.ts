@@ -33,6 +33,7 @@ export class Metrics {
   readonly probeFailures: Counter<'kind'>
   readonly members: Gauge<'state'>
   readonly memberTransitions: Counter<'to'>
+  readonly bootstrapDials: Counter<'result'>
   /** This node's own Vivaldi error estimate (0 certain, 1.5 knows nothing). */
   readonly coordinateError: Gauge
 
@@ -66,6 +67,7 @@ export class Metrics {
     this.probeFailures = new Counter({ name: 'metagrid_probe_failures_total', help: 'Failed probes, direct or indirect', labelNames: ['kind'], registers })
     this.members = new Gauge({ name: 'metagrid_members', help: 'Members of the mesh as this node sees them, by state', labelNames: ['state'], registers })
     this.memberTransitions = new Counter({ name: 'metagrid_member_transitions_total', help: 'Membership state changes, by new state', labelNames: ['to'], registers })
+    this.bootstrapDials = new Counter({ name: 'metagrid_bootstrap_dials_total', help: 'Dials to bootstrap peers, by result', labelNames: ['result'], registers })
     this.coordinateError = new Gauge({ name: 'metagrid_coordinate_error', help: 'This node\'s Vivaldi coordinate error estimate', registers })
   }
 

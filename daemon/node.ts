@@ -7,7 +7,8 @@ import { mkdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import { LevelDatastore } from 'datastore-level'
 import { loadOrCreateEd25519Key } from '../attest/key-file.ts'
-import { createMetagridLibp2p, type MetagridLibp2p } from '../p2p/libp2p.ts'
+import { BootstrapKeeper, defaultBootstrapOptions } from '../p2p/bootstrap.ts'
+import { createMetagridLibp2p, listenAddrs, type MetagridLibp2p } from '../p2p/libp2p.ts'
 import { Mesh } from '../p2p/mesh.ts'
 import { Database, SUBLEVELS } from '../storage/database.ts'
 import { createApiServer } from './api/server.ts'
@@ -31,7 +32,10 @@ export interface ReadyInfo {
   peerId: string
   /** Full URL of the HTTP API. */
   api: string
+  /** Addresses peers are told to dial (announced, or the listen addresses). */
   addrs: string[]
+  /** Addresses actually bound, with the ports the OS picked for port 0. */
+  listen: string[]
 }
 
 export interface NodeOptions {
@@ -55,9 +59,11 @@ export class MetagridNode {
   readonly database: Database
   readonly libp2p: MetagridLibp2p
   readonly mesh: Mesh
+  readonly bootstrap: BootstrapKeeper
   readonly api: FastifyInstance
   private readonly startedAt = Date.now()
   private readonly inFlight = { count: 0 }
+  private meshStarted = false
   private stopping: Promise<void> | undefined
 
   private constructor (options: NodeOptions, database: Database, libp2p: MetagridLibp2p, metrics: Metrics, privateKey: PrivateKey) {
@@ -73,9 +79,11 @@ export class MetagridNode {
       metrics,
       logger: this.logger
     }, { telemetry: this.config.telemetry, probes: this.config.probes, membership: this.config.membership })
+    this.bootstrap = new BootstrapKeeper({ libp2p, metrics, logger: this.logger }, { ...defaultBootstrapOptions, addrs: this.config.bootstrap })
     this.api = createApiServer({ logger: this.logger, metrics, inFlight: this.inFlight })
     registerNodeRoutes(this.api, {
       libp2p,
+      measuredRtt: (peerId) => this.mesh.prober.measuredRtt(peerId),
       metrics,
       version: VERSION,
       startedAt: this.startedAt,
@@ -105,7 +113,6 @@ export class MetagridNode {
         privateKey: key,
         listen: config.listen,
         announce: config.announce,
-        bootstrap: config.bootstrap,
         connections: config.connections,
         datastore,
         logger: libp2pComponentLogger(logger),
@@ -126,13 +133,15 @@ export class MetagridNode {
       await this.libp2p.start()
     } catch (err) {
       await this.stop()
-      const code = (err as NodeJS.ErrnoException).code
-      if (code === 'EADDRINUSE' || code === 'EADDRNOTAVAIL' || code === 'EACCES') {
-        throw new AddressInUseError(`cannot listen on ${this.config.listen.join(', ')}: ${code}`, { cause: err })
+      const code = (err as NodeJS.ErrnoException).code ?? /\b(EADDRINUSE|EADDRNOTAVAIL|EACCES)\b/.exec((err as Error).message)?.[1]
+      if (code === 'EADDRINUSE' || code === 'EADDRNOTAVAIL' || code === 'EACCES' || (err as Error).name === 'UnsupportedListenAddressesError') {
+        throw new AddressInUseError(`cannot listen on ${this.config.listen.join(', ')}: ${code ?? (err as Error).name}`, { cause: err })
       }
       throw err
     }
     await this.mesh.start()
+    this.meshStarted = true
+    this.bootstrap.start()
     const { host, port } = splitHostPort(this.config.api)
     let address
     try {
@@ -147,7 +156,8 @@ export class MetagridNode {
     return {
       peerId: this.libp2p.peerId.toString(),
       api: apiUrl(host, boundPort),
-      addrs: this.libp2p.getMultiaddrs().map(String)
+      addrs: this.libp2p.getMultiaddrs().map(String),
+      listen: listenAddrs(this.libp2p)
     }
   }
 
@@ -159,7 +169,8 @@ export class MetagridNode {
       } catch (err) {
         this.logger.warn({ code: 'API_CLOSE', err }, 'API did not close cleanly')
       }
-      await this.mesh.stop().catch((err: unknown) => { this.logger.warn({ code: 'MESH_STOP', err }, 'mesh did not stop cleanly') })
+      this.bootstrap.stop()
+      if (this.meshStarted) await this.mesh.stop().catch((err: unknown) => { this.logger.warn({ code: 'MESH_STOP', err }, 'mesh did not stop cleanly') })
       try {
         await this.libp2p.stop()
       } catch (err) {

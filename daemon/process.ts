@@ -87,7 +87,7 @@ export class DaemonProcess {
       if (parsed.msg === 'ready' && this.readyAt == null) {
         this.readyAt = performance.now()
         clearTimeout(timer)
-        resolve({ peerId: parsed.peerId as string, api: parsed.api as string, addrs: parsed.addrs as string[] })
+        resolve({ peerId: parsed.peerId as string, api: parsed.api as string, addrs: parsed.addrs as string[], listen: (parsed.listen as string[] | undefined) ?? [] })
       }
     })
     createInterface({ input: this.child.stderr! }).on('line', remember)

@@ -5,17 +5,17 @@
  */
 import { noise } from '@chainsafe/libp2p-noise'
 import { yamux } from '@chainsafe/libp2p-yamux'
-import { bootstrap } from '@libp2p/bootstrap'
 import { gossipsub, type GossipSub, type GossipsubOpts } from '@libp2p/gossipsub'
 import { identify, type Identify } from '@libp2p/identify'
 import { kadDHT, passthroughMapper, type KadDHT, type SelectFn, type ValidateFn } from '@libp2p/kad-dht'
 import { ping, type Ping } from '@libp2p/ping'
 import { prometheusMetrics } from '@libp2p/prometheus-metrics'
+import { createHash } from 'node:crypto'
 import { createLibp2p, type Libp2p } from 'libp2p'
 import { AGENT_NAME, DHT_PROTOCOL } from './constants.ts'
 import { metagridScoreParams } from './gossip/scoring.ts'
 import { tcpTransport } from './transport.ts'
-import type { ComponentLogger, PeerDiscovery, PrivateKey } from '@libp2p/interface'
+import type { ComponentLogger, PrivateKey } from '@libp2p/interface'
 import type { Datastore } from 'interface-datastore'
 import type { Registry } from 'prom-client'
 
@@ -34,15 +34,17 @@ export interface ConnectionLimits {
   maxParallelDials: number
   dialTimeoutMs: number
   inboundConnectionThreshold: number
+  /** Address ranges (multiaddr prefixes) exempt from the inbound limits above. */
+  allow: string[]
 }
 
 export interface Libp2pOptions {
   privateKey: PrivateKey
   listen: string[]
   announce: string[]
-  bootstrap: string[]
   connections: ConnectionLimits
-  datastore: Datastore
+  /** Where the peer store and DHT records live; in memory when absent (light clients, tests). */
+  datastore?: Datastore
   logger: ComponentLogger
   /** Registry that libp2p's own metrics join; null runs without metrics. */
   metricsRegistry: Registry | null
@@ -57,12 +59,23 @@ export interface Libp2pOptions {
   outboundBindAddress?: string
 }
 
+/**
+ * Lets gossipsub drop the duplicate copies of a message (each arrives from
+ * several mesh peers) before verifying its signature again: without it every
+ * copy costs an Ed25519 verification, which dominated an idle node's CPU. The
+ * cache behind it is filled only after a copy has verified, so a forged copy
+ * cannot pre-empt the real one; sender and sequence number are in the id so
+ * a replayed payload still reaches the topic validator and is counted.
+ */
+function fastMessageId (message: { from?: Uint8Array, seqno?: Uint8Array, data?: Uint8Array }): string {
+  const hash = createHash('sha1')
+  if (message.from != null) hash.update(message.from)
+  if (message.seqno != null) hash.update(message.seqno)
+  if (message.data != null) hash.update(message.data)
+  return hash.digest('base64')
+}
+
 export async function createMetagridLibp2p (options: Libp2pOptions): Promise<MetagridLibp2p> {
-  const peerDiscovery: Array<(components: any) => PeerDiscovery> = []
-  if (options.bootstrap.length > 0) {
-    // Dial bootstrap peers at once rather than after libp2p's default second of delay.
-    peerDiscovery.push(bootstrap({ list: options.bootstrap, timeout: 0 }))
-  }
   return createLibp2p({
     privateKey: options.privateKey,
     start: false,
@@ -70,16 +83,20 @@ export async function createMetagridLibp2p (options: Libp2pOptions): Promise<Met
     transports: [tcpTransport(options.outboundBindAddress != null ? { outboundBindAddress: options.outboundBindAddress } : {})],
     connectionEncrypters: [noise()],
     streamMuxers: [yamux()],
-    peerDiscovery,
-    datastore: options.datastore,
+    ...(options.datastore != null ? { datastore: options.datastore } : {}),
     logger: options.logger,
     nodeInfo: { name: AGENT_NAME, version: options.version, userAgent: `${AGENT_NAME}/${options.version}` },
+    // metagrid's prober measures RTT and its membership decides liveness, with indirect confirmation.
+    // libp2p's monitor would ping the same peers (the ping spec allows one outbound stream per peer)
+    // and abort a connection on one failed ping, the failure mode membership exists to avoid.
+    connectionMonitor: { enabled: false },
     connectionManager: {
       maxConnections: options.connections.maxConnections,
       maxIncomingPendingConnections: options.connections.maxIncomingPendingConnections,
       maxParallelDials: options.connections.maxParallelDials,
       dialTimeout: options.connections.dialTimeoutMs,
-      inboundConnectionThreshold: options.connections.inboundConnectionThreshold
+      inboundConnectionThreshold: options.connections.inboundConnectionThreshold,
+      allow: options.connections.allow
     },
     ...(options.metricsRegistry != null
       ? { metrics: prometheusMetrics({ registry: options.metricsRegistry, preserveExistingMetrics: true, collectDefaultMetrics: false }) }
@@ -101,6 +118,7 @@ export async function createMetagridLibp2p (options: Libp2pOptions): Promise<Met
         allowPublishToZeroTopicPeers: true,
         emitSelf: false,
         scoreParams: metagridScoreParams(),
+        fastMsgIdFn: fastMessageId,
         ...options.gossipsub
       })
     }
@@ -111,4 +129,10 @@ export async function createMetagridLibp2p (options: Libp2pOptions): Promise<Met
 export function gossipScore (libp2p: MetagridLibp2p, peerId: string): number {
   const router = libp2p.services.pubsub as unknown as { getScore?: (id: string) => number }
   return router.getScore?.(peerId) ?? 0
+}
+
+/** The addresses this node actually listens on (with real ports), which may differ from the announced ones. */
+export function listenAddrs (libp2p: MetagridLibp2p): string[] {
+  const manager = (libp2p as unknown as { components?: { transportManager?: { getAddrs: () => Array<{ toString: () => string }> } } }).components?.transportManager
+  return manager?.getAddrs().map(String) ?? []
 }

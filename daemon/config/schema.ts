@@ -56,7 +56,14 @@ const connectionsSchema = z.strictObject({
   /** A dial that has not completed in 10 s is to a peer too far or too busy to be useful for real-time work. */
   dialTimeoutMs: z.int().min(100).max(120_000).default(10_000),
   /** Inbound connection attempts per second from one host before further ones are refused. */
-  inboundConnectionThreshold: z.int().min(1).max(10_000).default(10)
+  inboundConnectionThreshold: z.int().min(1).max(10_000).default(10),
+  /**
+   * Ranges exempt from the inbound limits above. Loopback by default: a devnet, a testbed or a
+   * local relay puts many peers behind 127.0.0.1, and they are the operator's own.
+   */
+  allow: z.array(z.string().refine((value) => isMultiaddr(value) && /^\/ip[46]\//.test(value), {
+    error: 'expected an IP multiaddr or range such as /ip4/10.0.0.0/ipcidr/8'
+  })).default(['/ip4/127.0.0.0/ipcidr/8', '/ip6/::1/ipcidr/128'])
 })
 
 const ipAddress = z.union([z.ipv4(), z.ipv6()], { error: 'expected an IPv4 or IPv6 address such as 192.0.2.10' })

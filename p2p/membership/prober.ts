@@ -40,6 +40,8 @@ export class Prober {
   private readonly options: ProberOptions
   private readonly log: Logger
   private readonly samples = new Map<string, number[]>()
+  /** At most one ping per peer in flight (the ping protocol allows one outbound stream); callers share it. */
+  private readonly inFlight = new Map<string, Promise<number>>()
   private order: string[] = []
   private timer: NodeJS.Timeout | undefined
 
@@ -71,10 +73,15 @@ export class Prober {
     this.components.vivaldi.forget(peerId)
   }
 
-  /** Pings one peer and records the sample; throws when the ping fails. */
+  /** Pings one peer; throws when the ping fails. Concurrent calls for the same peer share one ping. */
   async ping (peer: PeerId, timeoutMs = this.options.timeoutMs): Promise<number> {
-    const rtt = await this.components.libp2p.services.ping.ping(peer, { signal: AbortSignal.timeout(timeoutMs) })
-    return rtt
+    const key = peer.toString()
+    const pending = this.inFlight.get(key)
+    if (pending != null) return pending
+    const ping = this.components.libp2p.services.ping.ping(peer, { signal: AbortSignal.timeout(timeoutMs) })
+      .finally(() => { this.inFlight.delete(key) })
+    this.inFlight.set(key, ping)
+    return ping
   }
 
   private nextTarget (): string | undefined {

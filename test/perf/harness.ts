@@ -56,6 +56,13 @@ export async function rssMiB (pid: number): Promise<number> {
   return Number((kib / 1024).toFixed(1))
 }
 
+/** CPU time (user + system) a process has used, in seconds, from /proc (Linux). */
+export async function cpuSeconds (pid: number): Promise<number> {
+  const fields = (await readFile(`/proc/${pid}/stat`, 'utf8')).split(') ')[1]!.split(' ')
+  // utime and stime are fields 14 and 15 of stat, in clock ticks (100 per second on Linux).
+  return (Number(fields[11]) + Number(fields[12])) / 100
+}
+
 export async function writeResult (bench: string, figures: Record<string, unknown>): Promise<BenchResult> {
   const result: BenchResult = { bench, machine: machine(), startedAt: new Date().toISOString(), figures }
   await writeFile(join(RESULTS_DIR, `${bench}.json`), `${JSON.stringify(result, null, 2)}\n`)

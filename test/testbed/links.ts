@@ -12,6 +12,8 @@ export class LinkTable extends EventEmitter {
 
   constructor (rttMatrix: number[][]) {
     super()
+    // One listener per relay; a 30-node testbed has 30.
+    this.setMaxListeners(0)
     // Symmetric geography: each direction carries half the round trip.
     this.delays = rttMatrix.map((row) => row.map((rtt) => rtt / 2))
   }

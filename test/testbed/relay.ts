@@ -80,7 +80,8 @@ class DelayedDirection {
 export class Relay {
   readonly index: number
   readonly port: number
-  private readonly targetPort: number
+  /** The node's real listen port; known once the node is up, and new after each restart. */
+  targetPort: number
   private readonly links: LinkTable
   private readonly server: Server
   private readonly directions = new Set<DelayedDirection>()
@@ -105,7 +106,7 @@ export class Relay {
       server.once('error', reject)
       server.listen(port, '127.0.0.1', () => { server.off('error', reject); resolve() })
     })
-    return new Relay(index, port, targetPort, links, server)
+    return new Relay(index, (server.address() as { port: number }).port, targetPort, links, server)
   }
 
   private relay (inbound: Socket): void {

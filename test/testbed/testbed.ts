@@ -6,7 +6,6 @@
  * later tests use it for convergence, failover and placement.
  */
 import { mkdir, mkdtemp, rm } from 'node:fs/promises'
-import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { cleanDaemonEnv, spawnDaemon, type DaemonProcess } from '../../daemon/process.ts'
@@ -29,21 +28,12 @@ export interface TestbedNode {
   index: number
   city: City
   dataDir: string
-  listenPort: number
   relay: Relay
   peerId: string
   api: string
   /** The address other nodes dial: the relay's, with the peer id. */
   addr: string
   process: DaemonProcess
-}
-
-async function freePort (): Promise<number> {
-  const server = createServer()
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  const { port } = server.address() as { port: number }
-  await new Promise((resolve) => server.close(resolve))
-  return port
 }
 
 export class Testbed {
@@ -63,14 +53,15 @@ export class Testbed {
     const bed = new Testbed(await mkdtemp(join(tmpdir(), 'metagrid-testbed-')), options)
     try {
       // Relays first, so every node can announce its relay's address from its first start.
-      const slots = await Promise.all(options.cities.map(async (city, index) => {
-        const listenPort = await freePort()
-        const relay = await Relay.listen(index, await freePort(), listenPort, bed.links)
+      const slots = []
+      for (const [index, city] of options.cities.entries()) {
+        // Port 0: the relay holds its port from here on; the node's real port is learnt when it is ready.
+        const relay = await Relay.listen(index, 0, 0, bed.links)
         bed.relays.push(relay)
         const dataDir = join(bed.root, `node-${index}`)
         await mkdir(dataDir, { recursive: true })
-        return { index, city, dataDir, listenPort, relay }
-      }))
+        slots.push({ index, city, dataDir, relay })
+      }
       const first = await bed.launch(slots[0]!, [])
       bed.nodes.push(first)
       const rest = await Promise.all(slots.slice(1).map(async (slot) => bed.launch(slot, [first.addr])))
@@ -86,7 +77,7 @@ export class Testbed {
     const process_ = spawnDaemon({
       args: [
         '--data-dir', slot.dataDir,
-        '--listen', `/ip4/127.0.0.1/tcp/${slot.listenPort}`,
+        '--listen', '/ip4/127.0.0.1/tcp/0',
         '--announce', `/ip4/127.0.0.1/tcp/${slot.relay.port}`,
         '--api', '127.0.0.1:0',
         '--log-format', 'json',
@@ -99,6 +90,9 @@ export class Testbed {
       logFile: join(slot.dataDir, 'daemon.log')
     })
     const ready = await process_.ready
+    const port = Number(/\/tcp\/(\d+)/.exec(ready.listen[0] ?? '')?.[1])
+    if (!(port > 0)) throw new Error(`node ${slot.index} reported no listen port: ${JSON.stringify(ready.listen)}`)
+    slot.relay.targetPort = port
     return { ...slot, peerId: ready.peerId, api: ready.api, addr: `/ip4/127.0.0.1/tcp/${slot.relay.port}/p2p/${ready.peerId}`, process: process_ }
   }
 
@@ -112,7 +106,7 @@ export class Testbed {
     return this.nodes[index]!.process.stop(signal)
   }
 
-  /** Starts a stopped node again from its data directory, on the same ports. */
+  /** Starts a stopped node again from its data directory, behind the same relay. */
   async restart (index: number): Promise<TestbedNode> {
     const node = this.nodes[index]!
     const others = this.nodes.filter((other) => other.index !== index && other.process.child.exitCode == null && other.process.child.signalCode == null)

@@ -6,12 +6,14 @@ import { peerIdFromString } from '@libp2p/peer-id'
 import { z } from 'zod'
 import { badRequest, notFound, parseInput } from '../errors.ts'
 import type { Metrics } from '../../metrics.ts'
-import { gossipScore, type MetagridLibp2p } from '../../../p2p/libp2p.ts'
+import { gossipScore, listenAddrs, type MetagridLibp2p } from '../../../p2p/libp2p.ts'
 import type { PeerId } from '@libp2p/interface'
 import type { FastifyInstance } from 'fastify'
 
 export interface NodeRouteComponents {
   libp2p: MetagridLibp2p
+  /** Median of recent probe RTTs to a peer, ms. */
+  measuredRtt: (peerId: string) => number | undefined
   metrics: Metrics | null
   version: string
   region?: string
@@ -22,7 +24,7 @@ export interface PeerView {
   peerId: string
   addrs: string[]
   direction: 'inbound' | 'outbound'
-  /** Round-trip time from libp2p's connection monitor, when a ping has completed. */
+  /** Median round-trip time of recent latency probes, when the peer is a member that has been probed. */
   latencyMs: number | null
   agent: string | null
   /** gossipsub's score for the peer; negative after invalid messages. */
@@ -45,20 +47,20 @@ export function statusOf (components: NodeRouteComponents): Record<string, unkno
     node: process.version,
     region: components.region ?? null,
     addrs: libp2p.getMultiaddrs().map(String),
+    listen: listenAddrs(libp2p),
     peers: libp2p.getPeers().length,
     uptimeS: Math.floor((Date.now() - components.startedAt) / 1000),
     dht: { mode: libp2p.services.dht.getMode(), routingTable: routingTableSize(libp2p) }
   }
 }
 
-async function peersOf (libp2p: MetagridLibp2p): Promise<PeerView[]> {
+async function peersOf (libp2p: MetagridLibp2p, measuredRtt: NodeRouteComponents['measuredRtt']): Promise<PeerView[]> {
   const byPeer = new Map<string, PeerView>()
   for (const connection of libp2p.getConnections()) {
     if (connection.status !== 'open') continue
     const id = connection.remotePeer.toString()
-    const view = byPeer.get(id) ?? { peerId: id, addrs: [], direction: connection.direction, latencyMs: null, agent: null, gossipScore: gossipScore(libp2p, id) }
+    const view = byPeer.get(id) ?? { peerId: id, addrs: [], direction: connection.direction, latencyMs: measuredRtt(id) ?? null, agent: null, gossipScore: gossipScore(libp2p, id) }
     view.addrs.push(connection.remoteAddr.toString())
-    if (connection.rtt != null && (view.latencyMs == null || connection.rtt < view.latencyMs)) view.latencyMs = connection.rtt
     byPeer.set(id, view)
   }
   for (const view of byPeer.values()) {
@@ -94,7 +96,7 @@ export function registerNodeRoutes (app: FastifyInstance, components: NodeRouteC
 
   app.get('/v1/status', async () => statusOf(components))
 
-  app.get('/v1/peers', async () => ({ peers: await peersOf(libp2p) }))
+  app.get('/v1/peers', async () => ({ peers: await peersOf(libp2p, components.measuredRtt) }))
 
   app.get('/v1/dht/peers/:peerId', async (request) => {
     const { peerId } = parseInput(peerParams, request.params, 'params')
