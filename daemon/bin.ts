@@ -3,7 +3,10 @@
  * Executable entry point. Runs on Node 24 or later: `npm start`, `npm run` and
  * `npx metagrid` put the pinned runtime from the `node` package first on PATH.
  */
-import { main } from './cli.ts'
+import { bufferSignals } from './signals.ts'
+
+// Before anything heavy loads: see signals.ts.
+bufferSignals()
 
 const major = Number(process.versions.node.split('.')[0])
 if (major < 24) {
@@ -12,6 +15,7 @@ if (major < 24) {
 }
 
 try {
+  const { main } = await import('./cli.ts')
   const code = await main(process.argv.slice(2), { stdout: process.stdout, stderr: process.stderr, env: process.env })
   // Exit explicitly: a stopped libp2p node can leave timers that would keep the process alive for seconds.
   process.exit(code)

@@ -8,6 +8,7 @@ import { meshCommand } from './commands/mesh.ts'
 import { startCommand } from './commands/start.ts'
 import { statusCommand } from './commands/status.ts'
 import { ExitCode, type ExitCodeValue } from './exit-codes.ts'
+import { releaseSignals } from './signals.ts'
 import { VERSION } from './version.ts'
 import type { CommandIO } from './cli/io.ts'
 
@@ -54,6 +55,11 @@ export async function main (argv: string[], io: CommandIO): Promise<ExitCodeValu
   if (command == null) {
     io.stderr.write(`usage error: unknown command ${JSON.stringify(name)}; expected one of: ${Object.keys(COMMANDS).join(', ')}\n`)
     return ExitCode.USAGE
+  }
+  // start and devnet take buffered signals over with their own handlers; every other command gets default behaviour back.
+  if (name !== 'start' && name !== 'devnet') {
+    const early = releaseSignals()
+    if (early.length > 0) return ExitCode.FAILURE
   }
   try {
     return await command(args, io)

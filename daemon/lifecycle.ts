@@ -4,6 +4,7 @@
  * signal arrives, the process exits at once with code 1.
  */
 import { ExitCode, type ExitCodeValue } from './exit-codes.ts'
+import { releaseSignals } from './signals.ts'
 import type { Logger } from './log/logger.ts'
 
 /**
@@ -17,7 +18,7 @@ export interface SignalSource {
 }
 
 /** Resolves to the exit code once a signal has stopped the node (or forced the exit). */
-export function untilSignalled (stop: () => Promise<void>, logger: Logger, deadlineMs = SHUTDOWN_DEADLINE_MS, signals: SignalSource = process): Promise<ExitCodeValue> {
+export function untilSignalled (stop: () => Promise<void>, logger: Logger, deadlineMs = SHUTDOWN_DEADLINE_MS, signals: SignalSource = process, early: () => NodeJS.Signals[] = releaseSignals): Promise<ExitCodeValue> {
   return new Promise((resolve) => {
     let signalled = false
     const onSignal = (signal: NodeJS.Signals): void => {
@@ -44,6 +45,8 @@ export function untilSignalled (stop: () => Promise<void>, logger: Logger, deadl
     }
     signals.on('SIGTERM', onSignal)
     signals.on('SIGINT', onSignal)
+    // Signals that arrived while the process was still loading count as if they came now.
+    for (const signal of early()) onSignal(signal)
   })
 }
 

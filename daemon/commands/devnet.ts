@@ -9,6 +9,7 @@ import { join, resolve } from 'node:path'
 import { renderTable } from '../cli/table.ts'
 import { parseCommandLine, stringValue, UsageError } from '../cli/usage.ts'
 import { ExitCode, type ExitCodeValue } from '../exit-codes.ts'
+import { releaseSignals } from '../signals.ts'
 import { cleanDaemonEnv, spawnDaemon, type DaemonProcess } from '../process.ts'
 import type { CommandIO } from '../cli/io.ts'
 import type { ReadyInfo } from '../node.ts'
@@ -87,6 +88,8 @@ export async function devnetCommand (args: string[], io: CommandIO): Promise<Exi
   const signalled = new Promise<NodeJS.Signals>((resolveSignal) => {
     process.once('SIGINT', () => resolveSignal('SIGINT'))
     process.once('SIGTERM', () => resolveSignal('SIGTERM'))
+    const [early] = releaseSignals()
+    if (early != null) resolveSignal(early)
   })
 
   let nodes: DevnetNode[]

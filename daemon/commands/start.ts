@@ -60,10 +60,20 @@ export async function startCommand (args: string[], io: CommandIO): Promise<Exit
   const { config } = loaded
   const logger = createLogger({ level: config.logLevel, format: config.logFormat })
   reportUnhandledRejections(logger)
-  let node: MetagridNode
+  // Signal handlers go in before anything starts: a SIGTERM that arrives during start-up (or a
+  // moment after the ready line) must stop the node cleanly, not meet Node's default action.
+  let node: MetagridNode | undefined
+  let starting: Promise<unknown> = Promise.resolve()
+  const shutdown = untilSignalled(async () => {
+    await starting.catch(() => {})
+    await node?.stop()
+  }, logger)
   try {
-    node = await MetagridNode.create({ config, logger })
-    const ready = await node.start()
+    starting = (async () => {
+      node = await MetagridNode.create({ config, logger })
+      return node.start()
+    })()
+    const ready = await starting as Awaited<ReturnType<MetagridNode['start']>>
     if (!config.api.startsWith('127.') && !config.api.startsWith('[::1]') && !config.api.startsWith('localhost:')) {
       logger.warn({ code: 'API_NOT_LOOPBACK', api: config.api }, 'the HTTP API listens beyond loopback; anyone who can reach it can read node state')
     }
@@ -75,5 +85,5 @@ export async function startCommand (args: string[], io: CommandIO): Promise<Exit
     logger.fatal({ code: (err as Error).name ?? 'START_FAILED', err: code === ExitCode.FAILURE ? err : undefined }, (err as Error).message)
     return code
   }
-  return untilSignalled(() => node.stop(), logger)
+  return shutdown
 }

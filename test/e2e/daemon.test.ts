@@ -48,8 +48,12 @@ describe('a three-node mesh of daemon processes', () => {
         expect(found.addrs).toContain(to.addrs[0]!.replace(`/p2p/${to.peerId}`, ''))
       }
     }
-    const status = await getJson(c.api, '/v1/status')
-    expect(status.dht).toEqual({ mode: 'server', routingTable: 2 })
+    // The routing table takes peers in through an asynchronous queue after they answer.
+    const dht = await waitFor('both others in the routing table', async () => {
+      const { dht } = await getJson(c.api, '/v1/status')
+      return dht.routingTable === 2 ? dht : undefined
+    })
+    expect(dht).toEqual({ mode: 'server', routingTable: 2 })
   })
 
   it('answers a lookup for a peer nobody knows with 404', async () => {

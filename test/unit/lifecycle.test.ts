@@ -14,7 +14,7 @@ describe('shutdown on signals', () => {
   it('stops once on the first signal and exits 0', async () => {
     const { signals, lines, logger } = setup()
     let stops = 0
-    const code = untilSignalled(async () => { stops++ }, logger, 1000, signals)
+    const code = untilSignalled(async () => { stops++ }, logger, 1000, signals, () => [])
     signals.emit('SIGTERM', 'SIGTERM')
     expect(await code).toBe(0)
     expect(stops).toBe(1)
@@ -23,7 +23,7 @@ describe('shutdown on signals', () => {
 
   it('exits 1 at once on a second signal while stopping', async () => {
     const { signals, lines, logger } = setup()
-    const code = untilSignalled(async () => new Promise(() => {}), logger, 60_000, signals)
+    const code = untilSignalled(async () => new Promise(() => {}), logger, 60_000, signals, () => [])
     signals.emit('SIGINT', 'SIGINT')
     signals.emit('SIGINT', 'SIGINT')
     expect(await code).toBe(1)
@@ -32,15 +32,23 @@ describe('shutdown on signals', () => {
 
   it('exits 1 when stopping outlives the deadline', async () => {
     const { signals, lines, logger } = setup()
-    const code = untilSignalled(async () => new Promise(() => {}), logger, 20, signals)
+    const code = untilSignalled(async () => new Promise(() => {}), logger, 20, signals, () => [])
     signals.emit('SIGTERM', 'SIGTERM')
     expect(await code).toBe(1)
     expect(lines[1]).toMatchObject({ level: 'error', code: 'SHUTDOWN_TIMEOUT', deadlineMs: 20 })
   })
 
+  it('acts on a signal that arrived before the handlers were installed', async () => {
+    const { signals, lines, logger } = setup()
+    let stops = 0
+    expect(await untilSignalled(async () => { stops++ }, logger, 1000, signals, () => ['SIGTERM'])).toBe(0)
+    expect(stops).toBe(1)
+    expect(lines[0]).toMatchObject({ msg: 'shutting down', signal: 'SIGTERM' })
+  })
+
   it('exits 1 when stopping fails', async () => {
     const { signals, lines, logger } = setup()
-    const code = untilSignalled(async () => { throw new Error('disk gone') }, logger, 1000, signals)
+    const code = untilSignalled(async () => { throw new Error('disk gone') }, logger, 1000, signals, () => [])
     signals.emit('SIGTERM', 'SIGTERM')
     expect(await code).toBe(1)
     expect(lines[1]).toMatchObject({ level: 'error', code: 'SHUTDOWN_FAILED' })
