@@ -4,6 +4,7 @@
 import { ApiResponseError, ApiUnreachableError } from './cli/api-client.ts'
 import { UsageError } from './cli/usage.ts'
 import { devnetCommand } from './commands/devnet.ts'
+import { discoverCommand } from './commands/discover.ts'
 import { meshCommand } from './commands/mesh.ts'
 import { startCommand } from './commands/start.ts'
 import { statusCommand } from './commands/status.ts'
@@ -26,6 +27,9 @@ commands:
   status    show a running node's status   [--api URL] [--json]
   mesh      show the mesh as a node sees it: states, load, RTT estimated and measured
             [--api URL] [--json]
+  discover  find capable nodes, nearest first
+            [--need TAG]... [--model NAME] [--region CODE] [--max-cost X] [--currency C]
+            [--limit K] [--json] [--api URL | --bootstrap MULTIADDR...]
   version   print the version
   help      print this text
 
@@ -40,6 +44,7 @@ const COMMANDS: Record<string, Command> = {
   devnet: devnetCommand,
   status: statusCommand,
   mesh: meshCommand,
+  discover: discoverCommand,
   version: async (_args, io) => { io.stdout.write(`${VERSION}\n`); return ExitCode.OK },
   help: async (_args, io) => { io.stdout.write(HELP); return ExitCode.OK }
 }

@@ -34,6 +34,10 @@ export class Metrics {
   readonly members: Gauge<'state'>
   readonly memberTransitions: Counter<'to'>
   readonly bootstrapDials: Counter<'result'>
+  /** Capability descriptors refused (DHT validator or discovery), by reason. */
+  readonly catalogRejected: Counter<'reason'>
+  readonly catalogPublished: Counter<'result'>
+  readonly discoveryDuration: Histogram<'stage'>
   /** This node's own Vivaldi error estimate (0 certain, 1.5 knows nothing). */
   readonly coordinateError: Gauge
 
@@ -67,6 +71,15 @@ export class Metrics {
     this.probeFailures = new Counter({ name: 'metagrid_probe_failures_total', help: 'Failed probes, direct or indirect', labelNames: ['kind'], registers })
     this.members = new Gauge({ name: 'metagrid_members', help: 'Members of the mesh as this node sees them, by state', labelNames: ['state'], registers })
     this.memberTransitions = new Counter({ name: 'metagrid_member_transitions_total', help: 'Membership state changes, by new state', labelNames: ['to'], registers })
+    this.catalogRejected = new Counter({ name: 'metagrid_catalog_rejected_total', help: 'Capability descriptors refused, by reason', labelNames: ['reason'], registers })
+    this.catalogPublished = new Counter({ name: 'metagrid_catalog_published_total', help: 'Descriptor publications (DHT put and provide), by result', labelNames: ['result'], registers })
+    this.discoveryDuration = new Histogram({
+      name: 'metagrid_discovery_duration_seconds',
+      help: 'Time to the first and to the complete answer of a discovery',
+      labelNames: ['stage'],
+      buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+      registers
+    })
     this.bootstrapDials = new Counter({ name: 'metagrid_bootstrap_dials_total', help: 'Dials to bootstrap peers, by result', labelNames: ['result'], registers })
     this.coordinateError = new Gauge({ name: 'metagrid_coordinate_error', help: 'This node\'s Vivaldi coordinate error estimate', registers })
   }

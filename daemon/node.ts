@@ -1,17 +1,24 @@
 /**
  * The composition root: builds the node's parts in dependency order (data
- * directory, identity, storage, libp2p, API), starts them, and stops them in
- * reverse. Nothing else in the daemon reaches for a part it was not handed.
+ * directory, identity, storage, libp2p, mesh, catalog, API), starts them in
+ * that order and stops them in reverse. Nothing else in the daemon reaches
+ * for a part it was not handed.
  */
 import { mkdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import { LevelDatastore } from 'datastore-level'
 import { loadOrCreateEd25519Key } from '../attest/key-file.ts'
 import { BootstrapKeeper, defaultBootstrapOptions } from '../p2p/bootstrap.ts'
+import { Catalog } from '../p2p/catalog/catalog.ts'
+import { defaultDiscoveryOptions, Discovery } from '../p2p/catalog/discovery.ts'
+import { measureHardware } from '../p2p/catalog/hardware.ts'
+import { DESCRIPTOR_NAMESPACE, descriptorSelector, descriptorValidator } from '../p2p/catalog/records.ts'
 import { createMetagridLibp2p, listenAddrs, type MetagridLibp2p } from '../p2p/libp2p.ts'
 import { Mesh } from '../p2p/mesh.ts'
 import { Database, SUBLEVELS } from '../storage/database.ts'
+import { UptimeLog } from '../storage/uptime-log.ts'
 import { createApiServer } from './api/server.ts'
+import { registerCatalogRoutes } from './api/routes/catalog.ts'
 import { registerMeshRoutes } from './api/routes/mesh.ts'
 import { registerNodeRoutes } from './api/routes/node.ts'
 import { libp2pComponentLogger } from './log/libp2p-logger.ts'
@@ -19,9 +26,9 @@ import { Metrics } from './metrics.ts'
 import { VERSION } from './version.ts'
 import type { Config } from './config/schema.ts'
 import type { Logger } from './log/logger.ts'
+import type { PrivateKey } from '@libp2p/interface'
 import type { FastifyInstance } from 'fastify'
 import type { Level } from 'level'
-import type { PrivateKey } from '@libp2p/interface'
 
 export class AddressInUseError extends Error {
   static override name = 'AddressInUseError'
@@ -43,6 +50,13 @@ export interface NodeOptions {
   logger: Logger
 }
 
+/** Something the node starts and later stops, in order. */
+interface Part {
+  name: string
+  start: () => Promise<void> | void
+  stop: () => Promise<void> | void
+}
+
 function splitHostPort (value: string): { host: string, port: number } {
   const index = value.lastIndexOf(':')
   return { host: value.slice(0, index).replace(/^\[|\]$/g, ''), port: Number(value.slice(index + 1)) }
@@ -52,6 +66,15 @@ function apiUrl (host: string, port: number): string {
   return `http://${host.includes(':') ? `[${host}]` : host}:${port}`
 }
 
+/** libp2p reports a listen failure in its own error with the errno in the text. */
+function listenFailure (err: unknown, what: string): AddressInUseError | undefined {
+  const code = (err as NodeJS.ErrnoException).code ?? /\b(EADDRINUSE|EADDRNOTAVAIL|EACCES)\b/.exec((err as Error).message)?.[1]
+  if (code === 'EADDRINUSE' || code === 'EADDRNOTAVAIL' || code === 'EACCES' || (err as Error).name === 'UnsupportedListenAddressesError') {
+    return new AddressInUseError(`cannot listen on ${what}: ${code ?? (err as Error).name}`, { cause: err })
+  }
+  return undefined
+}
+
 export class MetagridNode {
   readonly config: Config
   readonly logger: Logger
@@ -59,37 +82,97 @@ export class MetagridNode {
   readonly database: Database
   readonly libp2p: MetagridLibp2p
   readonly mesh: Mesh
-  readonly bootstrap: BootstrapKeeper
+  readonly catalog: Catalog
+  readonly discovery: Discovery
   readonly api: FastifyInstance
-  private readonly startedAt = Date.now()
+  private readonly parts: Part[]
+  private readonly started: Part[] = []
   private readonly inFlight = { count: 0 }
-  private meshStarted = false
+  private apiAddress = ''
   private stopping: Promise<void> | undefined
 
-  private constructor (options: NodeOptions, database: Database, libp2p: MetagridLibp2p, metrics: Metrics, privateKey: PrivateKey) {
-    this.config = options.config
-    this.logger = options.logger
+  private constructor (options: NodeOptions, database: Database, libp2p: MetagridLibp2p, metrics: Metrics, privateKey: PrivateKey, uptime: UptimeLog, hardware: Awaited<ReturnType<typeof measureHardware>>) {
+    const { config, logger } = options
+    this.config = config
+    this.logger = logger
     this.database = database
     this.libp2p = libp2p
     this.metrics = metrics
-    this.mesh = new Mesh({
+    const startedAt = Date.now()
+
+    this.mesh = new Mesh({ libp2p, privateKey, loadSources: { queueLength: () => this.inFlight.count }, metrics, logger },
+      { telemetry: config.telemetry, probes: config.probes, membership: config.membership })
+    const bootstrap = new BootstrapKeeper({ libp2p, metrics, logger }, { ...defaultBootstrapOptions, addrs: config.bootstrap })
+    this.catalog = new Catalog({
       libp2p,
       privateKey,
-      loadSources: { queueLength: () => this.inFlight.count },
+      inputs: () => ({
+        peerId: libp2p.peerId.toString(),
+        operator: null,
+        region: config.region,
+        catalog: config.catalog,
+        hardware,
+        reliability: uptime.reliability(),
+        addrs: libp2p.getMultiaddrs().map(String),
+        version: VERSION
+      }),
       metrics,
-      logger: this.logger
-    }, { telemetry: this.config.telemetry, probes: this.config.probes, membership: this.config.membership })
-    this.bootstrap = new BootstrapKeeper({ libp2p, metrics, logger: this.logger }, { ...defaultBootstrapOptions, addrs: this.config.bootstrap })
-    this.api = createApiServer({ logger: this.logger, metrics, inFlight: this.inFlight })
+      logger
+    }, { ttlMs: config.catalog.ttlMs, checkEveryMs: Math.min(5_000, config.catalog.ttlMs / 4) })
+    this.discovery = new Discovery({
+      libp2p,
+      estimateRtt: (peerId) => {
+        const coordinate = this.mesh.telemetry.latest(peerId)?.report.coordinate
+        return coordinate != null && this.mesh.vivaldi.updates > 0 ? this.mesh.vivaldi.estimateTo(coordinate) : undefined
+      },
+      loadOf: (peerId) => peerId === libp2p.peerId.toString() ? this.mesh.telemetry.ownReport()?.cpu : this.mesh.telemetry.latest(peerId)?.report.cpu,
+      metrics,
+      logger
+    }, defaultDiscoveryOptions)
+
+    this.api = createApiServer({ logger, metrics, inFlight: this.inFlight })
     registerNodeRoutes(this.api, {
       libp2p,
       measuredRtt: (peerId) => this.mesh.prober.measuredRtt(peerId),
       metrics,
       version: VERSION,
-      startedAt: this.startedAt,
-      ...(this.config.region != null ? { region: this.config.region } : {})
+      startedAt,
+      ...(config.region != null ? { region: config.region } : {})
     })
     registerMeshRoutes(this.api, this.mesh)
+    registerCatalogRoutes(this.api, { catalog: this.catalog, discovery: this.discovery })
+
+    const { host, port } = splitHostPort(config.api)
+    this.parts = [
+      { name: 'uptime', start: async () => uptime.start(), stop: async () => uptime.stop() },
+      {
+        name: 'libp2p',
+        start: async () => {
+          try {
+            await libp2p.start()
+          } catch (err) {
+            throw listenFailure(err, config.listen.join(', ')) ?? err
+          }
+        },
+        stop: async () => libp2p.stop()
+      },
+      { name: 'mesh', start: async () => this.mesh.start(), stop: async () => this.mesh.stop() },
+      { name: 'bootstrap', start: () => bootstrap.start(), stop: () => bootstrap.stop() },
+      { name: 'catalog', start: async () => this.catalog.start(), stop: async () => this.catalog.stop() },
+      {
+        name: 'api',
+        start: async () => {
+          try {
+            await this.api.listen({ host, port })
+          } catch (err) {
+            throw listenFailure(err, `${config.api} (API)`) ?? err
+          }
+          const address = this.api.server.address()
+          this.apiAddress = apiUrl(host, typeof address === 'object' && address != null ? address.port : port)
+        },
+        stop: async () => this.api.close()
+      }
+    ]
   }
 
   /** Builds every part without starting the network or the API. */
@@ -118,63 +201,48 @@ export class MetagridNode {
         logger: libp2pComponentLogger(logger),
         metricsRegistry: metrics.registry,
         version: VERSION,
+        dhtValidators: { [DESCRIPTOR_NAMESPACE]: descriptorValidator(metrics) },
+        dhtSelectors: { [DESCRIPTOR_NAMESPACE]: descriptorSelector },
+        providerValidityMs: config.catalog.ttlMs,
         ...(config.outboundBindAddress != null ? { outboundBindAddress: config.outboundBindAddress } : {})
       })
-      return new MetagridNode(options, database, libp2p, metrics, key)
+      const uptime = new UptimeLog(database.sublevel(SUBLEVELS.node), { windowMs: config.catalog.reliabilityWindowMs, tickMs: 60_000, now: Date.now })
+      const hardware = await measureHardware(config.dataDir)
+      return new MetagridNode(options, database, libp2p, metrics, key, uptime, hardware)
     } catch (err) {
       await database.close()
       throw err
     }
   }
 
-  /** Starts libp2p, then the API; on failure stops whatever had started. */
+  /** Starts every part in order; if one fails, stops those already started and rethrows. */
   async start (): Promise<ReadyInfo> {
-    try {
-      await this.libp2p.start()
-    } catch (err) {
-      await this.stop()
-      const code = (err as NodeJS.ErrnoException).code ?? /\b(EADDRINUSE|EADDRNOTAVAIL|EACCES)\b/.exec((err as Error).message)?.[1]
-      if (code === 'EADDRINUSE' || code === 'EADDRNOTAVAIL' || code === 'EACCES' || (err as Error).name === 'UnsupportedListenAddressesError') {
-        throw new AddressInUseError(`cannot listen on ${this.config.listen.join(', ')}: ${code ?? (err as Error).name}`, { cause: err })
+    for (const part of this.parts) {
+      try {
+        await part.start()
+      } catch (err) {
+        await this.stop()
+        throw err
       }
-      throw err
+      this.started.push(part)
     }
-    await this.mesh.start()
-    this.meshStarted = true
-    this.bootstrap.start()
-    const { host, port } = splitHostPort(this.config.api)
-    let address
-    try {
-      await this.api.listen({ host, port })
-      address = this.api.server.address()
-    } catch (err) {
-      await this.stop()
-      const code = (err as NodeJS.ErrnoException).code
-      throw new AddressInUseError(`cannot listen for the API on ${this.config.api}: ${code ?? (err as Error).message}`, { cause: err })
-    }
-    const boundPort = typeof address === 'object' && address != null ? address.port : port
     return {
       peerId: this.libp2p.peerId.toString(),
-      api: apiUrl(host, boundPort),
+      api: this.apiAddress,
       addrs: this.libp2p.getMultiaddrs().map(String),
       listen: listenAddrs(this.libp2p)
     }
   }
 
-  /** Stops in reverse dependency order: API, network, storage. Safe to call more than once. */
+  /** Stops what was started, in reverse order, then closes storage. Safe to call more than once. */
   async stop (): Promise<void> {
     this.stopping ??= (async () => {
-      try {
-        await this.api.close()
-      } catch (err) {
-        this.logger.warn({ code: 'API_CLOSE', err }, 'API did not close cleanly')
-      }
-      this.bootstrap.stop()
-      if (this.meshStarted) await this.mesh.stop().catch((err: unknown) => { this.logger.warn({ code: 'MESH_STOP', err }, 'mesh did not stop cleanly') })
-      try {
-        await this.libp2p.stop()
-      } catch (err) {
-        this.logger.warn({ code: 'LIBP2P_STOP', err }, 'libp2p did not stop cleanly')
+      for (const part of this.started.splice(0).reverse()) {
+        try {
+          await part.stop()
+        } catch (err) {
+          this.logger.warn({ code: 'PART_STOP', part: part.name, err }, `${part.name} did not stop cleanly`)
+        }
       }
       await this.database.close()
     })()

@@ -54,6 +54,8 @@ export interface Libp2pOptions {
   dhtSelectors?: Record<string, SelectFn>
   /** In DHT client mode the node asks but does not answer or store; for light clients. */
   dhtClientMode?: boolean
+  /** How long provider records stay valid; expired ones are swept at a quarter of it (at most hourly). */
+  providerValidityMs?: number
   gossipsub?: Partial<GossipsubOpts>
   /** Source address for outgoing TCP connections. */
   outboundBindAddress?: string
@@ -110,7 +112,16 @@ export async function createMetagridLibp2p (options: Libp2pOptions): Promise<Met
         clientMode: options.dhtClientMode ?? false,
         peerInfoMapper: passthroughMapper,
         validators: options.dhtValidators ?? {},
-        selectors: options.dhtSelectors ?? {}
+        selectors: options.dhtSelectors ?? {},
+        ...(options.providerValidityMs != null
+          ? {
+              reprovide: {
+                validity: options.providerValidityMs,
+                threshold: options.providerValidityMs / 2,
+                interval: Math.min(options.providerValidityMs / 4, 3_600_000)
+              }
+            }
+          : {})
       }),
       pubsub: gossipsub({
         globalSignaturePolicy: 'StrictSign',

@@ -24,7 +24,9 @@ export type Sublevel = AbstractSublevel<RootLevel, string | Uint8Array | Buffer,
 /** Sublevel names, one per concern; listed here so two concerns never share a prefix by accident. */
 export const SUBLEVELS = {
   /** libp2p's datastore: peer store (and with it the DHT routing table) and DHT records. */
-  libp2p: 'libp2p'
+  libp2p: 'libp2p',
+  /** The node's own bookkeeping: uptime sessions. */
+  node: 'node'
 } as const
 
 export type SublevelName = typeof SUBLEVELS[keyof typeof SUBLEVELS]

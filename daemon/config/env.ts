@@ -10,7 +10,7 @@ export const ENV_PREFIX = 'METAGRID_'
 /** Environment variables that are not config keys but are read by the CLI. */
 export const NON_CONFIG_ENV = new Set(['METAGRID_CONFIG'])
 
-export type LeafKind = 'string' | 'number' | 'boolean' | 'list'
+export type LeafKind = 'string' | 'number' | 'boolean' | 'list' | 'json'
 
 export interface ConfigLeaf {
   path: string[]
@@ -18,7 +18,7 @@ export interface ConfigLeaf {
   kind: LeafKind
 }
 
-interface ZodDefLike { type: string, innerType?: z.ZodType, shape?: Record<string, z.ZodType> }
+interface ZodDefLike { type: string, innerType?: z.ZodType, shape?: Record<string, z.ZodType>, element?: z.ZodType }
 
 function def (schema: z.ZodType): ZodDefLike {
   return (schema as unknown as { _zod: { def: ZodDefLike } })._zod.def
@@ -35,7 +35,11 @@ function unwrap (schema: z.ZodType): z.ZodType {
 }
 
 export function envName (path: string[]): string {
-  return ENV_PREFIX + path.map((part) => part.replace(/([a-z0-9])([A-Z])/g, '$1_$2').toUpperCase()).join('_')
+  return ENV_PREFIX + path.map((part) => part
+    // Binary units are one word: memoryMiB is MEMORY_MIB, perGiBEgress is PER_GIB_EGRESS.
+    .replace(/([KMGT])iB/g, (_, p: string) => `${p}ib`)
+    .replace(/([a-z0-9])([A-Z])/g, '$1_$2')
+    .toUpperCase()).join('_')
 }
 
 /** Every leaf key of an object schema, with its environment variable and how to coerce a string into it. */
@@ -45,7 +49,9 @@ export function configLeaves (schema: z.ZodType, prefix: string[] = []): ConfigL
   if (d.type === 'object' && d.shape != null) {
     return Object.entries(d.shape).flatMap(([key, child]) => configLeaves(child, [...prefix, key]))
   }
-  const kind: LeafKind = d.type === 'array' ? 'list' : d.type === 'number' ? 'number' : d.type === 'boolean' ? 'boolean' : 'string'
+  // A list of objects cannot be comma-separated: its variable holds JSON.
+  const objectList = d.type === 'array' && d.element != null && def(unwrap(d.element)).type === 'object'
+  const kind: LeafKind = objectList ? 'json' : d.type === 'array' ? 'list' : d.type === 'number' ? 'number' : d.type === 'boolean' ? 'boolean' : 'string'
   return [{ path: prefix, env: envName(prefix), kind }]
 }
 
@@ -58,6 +64,12 @@ export function coerce (raw: string, kind: LeafKind): unknown {
   switch (kind) {
     case 'list':
       return raw.split(',').map((item) => item.trim()).filter((item) => item !== '')
+    case 'json':
+      try {
+        return JSON.parse(raw)
+      } catch {
+        return raw
+      }
     case 'number':
       return /^-?\d+(?:\.\d+)?$/.test(raw.trim()) ? Number(raw.trim()) : raw
     case 'boolean': {

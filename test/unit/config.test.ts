@@ -65,6 +65,8 @@ describe('config', () => {
     const names = configLeaves(configSchema).map((leaf) => leaf.env)
     expect(names).toContain('METAGRID_CONNECTIONS_MAX_CONNECTIONS')
     expect(names).toContain('METAGRID_DATA_DIR')
+    expect(names).toContain('METAGRID_CATALOG_MEMORY_MIB')
+    expect(names).toContain('METAGRID_CATALOG_COST_PER_GIB_EGRESS')
     const { config } = await loadConfig({ env: { METAGRID_CONNECTIONS_MAX_CONNECTIONS: '42', METAGRID_BOOTSTRAP: `/ip4/10.0.0.1/tcp/4001/p2p/${PEER}, /ip4/10.0.0.2/tcp/4001/p2p/${PEER}` } })
     expect(config.connections.maxConnections).toBe(42)
     expect(config.bootstrap).toHaveLength(2)

@@ -1,0 +1,231 @@
+/**
+ * Discovery: find nodes that can serve a request, nearest first.
+ *
+ * 1. Every wanted tag (capabilities, `model:<name>`, `region:<code>`) is a CID;
+ *    its providers are found in the DHT and the sets intersected.
+ * 2. Each candidate's descriptor is fetched from the DHT and verified
+ *    (signature, peer id, expiry). Provider records are unsigned claims, so
+ *    the constraints are checked again against the signed descriptor.
+ * 3. Matches are ranked by expected RTT to the asker (from network
+ *    coordinates when it has them, else a direct ping), then load, then cost.
+ *    RTTs within 5 ms and loads within 10% count as equal, so a marginally
+ *    nearer but busy node does not win over an idle one next door.
+ */
+import { peerIdFromString } from '@libp2p/peer-id'
+import { DescriptorError, openDescriptor, type CapabilityDescriptor } from './descriptor.ts'
+import { descriptorKey } from './records.ts'
+import { ANY_NODE_TAG, normalizeTagValue, tagCid, tagsOf } from './tags.ts'
+import type { MetagridLibp2p } from '../libp2p.ts'
+import type { Logger } from '../../daemon/log/logger.ts'
+import type { Metrics } from '../../daemon/metrics.ts'
+
+export interface DiscoveryQuery {
+  /** Capability tags every result must have (`gpu`, `gpu:nvidia-h100`, `arch:x64`, ...). */
+  need: string[]
+  model?: string
+  /** ISO 3166 code; `DE` also matches `DE-BY`. */
+  region?: string
+  /** Highest acceptable hourly price: per accelerator-hour when an accelerator is needed, else per core-hour. */
+  maxCost?: number
+  /** Prices are only compared in one currency. */
+  currency: string
+  limit: number
+}
+
+export interface Ranking {
+  rttMs: number | null
+  /** `estimated` from coordinates, `measured` by a ping, `self` for the asking node, `unknown` when neither worked. */
+  rttSource: 'estimated' | 'measured' | 'self' | 'unknown'
+  /** CPU utilisation from the node's last load report, 0..1, when known. */
+  load: number | null
+  /** The hourly price the query cares about, in `currency`. */
+  cost: number
+  currency: string
+}
+
+export interface DiscoveryResult {
+  peerId: string
+  addrs: string[]
+  descriptor: CapabilityDescriptor
+  rank: Ranking
+}
+
+export interface DiscoveryAnswer {
+  results: DiscoveryResult[]
+  /** Nodes that provided every wanted tag. */
+  candidates: number
+  /** Candidates whose descriptor was missing, invalid or did not satisfy the query. */
+  skipped: number
+  timings: { firstMs: number | null, completeMs: number }
+}
+
+export interface DiscoveryComponents {
+  libp2p: MetagridLibp2p
+  /** RTT to a peer estimated from network coordinates, when the asker has coordinates. */
+  estimateRtt?: (peerId: string) => number | undefined
+  loadOf?: (peerId: string) => number | undefined
+  metrics: Metrics | null
+  logger: Logger
+}
+
+export interface DiscoveryOptions {
+  /** The whole discovery must finish in this time. */
+  timeoutMs: number
+  /** Stop collecting providers of a tag past this many. */
+  maxCandidates: number
+  /** Descriptors fetched at once. */
+  concurrency: number
+  /** A ping used for ranking waits this long. */
+  pingTimeoutMs: number
+}
+
+export const defaultDiscoveryOptions: DiscoveryOptions = {
+  timeoutMs: 15_000,
+  maxCandidates: 200,
+  concurrency: 8,
+  pingTimeoutMs: 2_000
+}
+
+/** RTTs closer than this rank as equal, then load decides. */
+const RTT_BUCKET_MS = 5
+const LOAD_BUCKET = 0.1
+
+/** The tags a query needs providers for. */
+export function queryTags (query: DiscoveryQuery): string[] {
+  const tags = new Set(query.need.map((tag) => {
+    const [kind, ...rest] = tag.split(':')
+    return rest.length === 0 ? normalizeTagValue(tag) : `${normalizeTagValue(kind ?? '')}:${normalizeTagValue(rest.join(':'))}`
+  }))
+  if (query.model != null) tags.add(`model:${normalizeTagValue(query.model)}`)
+  if (query.region != null) tags.add(`region:${query.region.toLowerCase()}`)
+  return tags.size > 0 ? [...tags].sort() : [ANY_NODE_TAG]
+}
+
+/** The price that matters for this query on this node. */
+export function relevantCost (query: DiscoveryQuery, descriptor: CapabilityDescriptor): number {
+  const kinds = new Set(descriptor.accelerators.map((a) => normalizeTagValue(a.kind)))
+  const wantsAccelerator = query.need.some((tag) => kinds.has(normalizeTagValue(tag.split(':')[0] ?? '')))
+  return wantsAccelerator ? descriptor.cost.perAcceleratorHour : descriptor.cost.perCoreHour
+}
+
+/** Whether a verified descriptor satisfies the query: the authoritative check, provider records aside. */
+export function satisfies (query: DiscoveryQuery, descriptor: CapabilityDescriptor): boolean {
+  const tags = new Set(tagsOf(descriptor))
+  if (!queryTags(query).every((tag) => tags.has(tag))) return false
+  if (query.maxCost != null) {
+    if (descriptor.cost.currency !== query.currency) return false
+    if (relevantCost(query, descriptor) > query.maxCost) return false
+  }
+  return true
+}
+
+/** Orders results: RTT (bucketed, unknown last), then load (bucketed, unknown as half loaded), then cost, then peer id. */
+export function compareResults (a: DiscoveryResult, b: DiscoveryResult): number {
+  const rtt = (r: DiscoveryResult): number => r.rank.rttMs == null ? Number.POSITIVE_INFINITY : Math.floor(r.rank.rttMs / RTT_BUCKET_MS)
+  const load = (r: DiscoveryResult): number => Math.floor((r.rank.load ?? 0.5) / LOAD_BUCKET)
+  return (rtt(a) - rtt(b)) || (load(a) - load(b)) || (a.rank.cost - b.rank.cost) || a.peerId.localeCompare(b.peerId)
+}
+
+async function mapLimit<T> (items: T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
+  let next = 0
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, async () => {
+    while (next < items.length) await fn(items[next++]!)
+  }))
+}
+
+export class Discovery {
+  private readonly components: DiscoveryComponents
+  private readonly options: DiscoveryOptions
+  private readonly log: Logger
+
+  constructor (components: DiscoveryComponents, options: DiscoveryOptions = defaultDiscoveryOptions) {
+    this.components = components
+    this.options = options
+    this.log = components.logger.child({ component: 'metagrid:discovery' })
+  }
+
+  private async providers (tag: string, signal: AbortSignal): Promise<Set<string>> {
+    const found = new Set<string>()
+    const cid = await tagCid(tag)
+    try {
+      for await (const provider of this.components.libp2p.contentRouting.findProviders(cid, { signal })) {
+        found.add(provider.id.toString())
+        if (found.size >= this.options.maxCandidates) break
+      }
+    } catch (err) {
+      // A query cut short by the deadline still has what it found so far.
+      if (!signal.aborted) this.log.debug({ tag, err }, 'provider query ended with an error')
+    }
+    return found
+  }
+
+  private async descriptorOf (peerId: string, signal: AbortSignal): Promise<CapabilityDescriptor | undefined> {
+    const { libp2p, metrics } = this.components
+    let bytes: Uint8Array
+    try {
+      bytes = await libp2p.contentRouting.get(descriptorKey(peerId), { signal })
+    } catch {
+      // Not found, or every copy failed the DHT validator (which counted it).
+      return undefined
+    }
+    try {
+      return await openDescriptor(bytes, { now: Date.now(), expectedPeerId: peerId })
+    } catch (err) {
+      metrics?.catalogRejected.inc({ reason: err instanceof DescriptorError ? err.reason : 'encoding' })
+      return undefined
+    }
+  }
+
+  private async rttTo (peerId: string): Promise<Pick<Ranking, 'rttMs' | 'rttSource'>> {
+    const { libp2p, estimateRtt } = this.components
+    if (peerId === libp2p.peerId.toString()) return { rttMs: 0, rttSource: 'self' }
+    const estimate = estimateRtt?.(peerId)
+    if (estimate != null) return { rttMs: Math.round(estimate * 100) / 100, rttSource: 'estimated' }
+    try {
+      const rtt = await libp2p.services.ping.ping(peerIdFromString(peerId), { signal: AbortSignal.timeout(this.options.pingTimeoutMs) })
+      return { rttMs: rtt, rttSource: 'measured' }
+    } catch {
+      return { rttMs: null, rttSource: 'unknown' }
+    }
+  }
+
+  async discover (query: DiscoveryQuery, onResult?: (result: DiscoveryResult) => void): Promise<DiscoveryAnswer> {
+    const started = performance.now()
+    const signal = AbortSignal.timeout(this.options.timeoutMs)
+    const tags = queryTags(query)
+    const sets = await Promise.all(tags.map(async (tag) => this.providers(tag, signal)))
+    const [first, ...others] = sets
+    const candidates = [...(first ?? [])].filter((peer) => others.every((set) => set.has(peer)))
+
+    const results: DiscoveryResult[] = []
+    let firstMs: number | null = null
+    await mapLimit(candidates, this.options.concurrency, async (peerId) => {
+      if (signal.aborted) return
+      const descriptor = await this.descriptorOf(peerId, signal)
+      if (descriptor == null || !satisfies(query, descriptor)) return
+      const rtt = await this.rttTo(peerId)
+      const result: DiscoveryResult = {
+        peerId,
+        addrs: descriptor.addrs,
+        descriptor,
+        rank: { ...rtt, load: this.components.loadOf?.(peerId) ?? null, cost: relevantCost(query, descriptor), currency: descriptor.cost.currency }
+      }
+      results.push(result)
+      if (firstMs == null) {
+        firstMs = performance.now() - started
+        this.components.metrics?.discoveryDuration.observe({ stage: 'first' }, firstMs / 1000)
+      }
+      onResult?.(result)
+    })
+    const completeMs = performance.now() - started
+    this.components.metrics?.discoveryDuration.observe({ stage: 'complete' }, completeMs / 1000)
+    results.sort(compareResults)
+    return {
+      results: results.slice(0, query.limit),
+      candidates: candidates.length,
+      skipped: candidates.length - results.length,
+      timings: { firstMs: firstMs == null ? null : Math.round(firstMs), completeMs: Math.round(completeMs) }
+    }
+  }
+}
+
