@@ -118,7 +118,7 @@ export class MetagridNode {
       }),
       metrics,
       logger
-    }, { ttlMs: config.catalog.ttlMs, checkEveryMs: Math.min(5_000, config.catalog.ttlMs / 4) })
+    }, { ttlMs: config.catalog.ttlMs, checkEveryMs: Math.min(5_000, config.catalog.ttlMs / 6) })
     this.discovery = new Discovery({
       libp2p,
       estimateRtt: (peerId) => {

@@ -23,3 +23,12 @@ export const AGENT_NAME = 'metagrid'
 
 /** Indirect probes: "ping this peer for me" (SWIM's ping-req). */
 export const PROBE_PROTOCOL = '/metagrid/probe/1.0.0'
+
+/**
+ * Latency probes run libp2p's ping under metagrid's own protocol id
+ * (`/metagrid/ping/1.0.0`). The ping spec allows one outbound stream per peer,
+ * and kad-dht pings peers on `/ipfs/ping/1.0.0` to admit or keep them in its
+ * routing table: sharing that stream made kad-dht drop healthy peers whenever
+ * a probe was in flight.
+ */
+export const PROBE_PING_PREFIX = 'metagrid'

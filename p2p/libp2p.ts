@@ -12,7 +12,7 @@ import { ping, type Ping } from '@libp2p/ping'
 import { prometheusMetrics } from '@libp2p/prometheus-metrics'
 import { createHash } from 'node:crypto'
 import { createLibp2p, type Libp2p } from 'libp2p'
-import { AGENT_NAME, DHT_PROTOCOL } from './constants.ts'
+import { AGENT_NAME, DHT_PROTOCOL, PROBE_PING_PREFIX } from './constants.ts'
 import { metagridScoreParams } from './gossip/scoring.ts'
 import { tcpTransport } from './transport.ts'
 import type { ComponentLogger, PrivateKey } from '@libp2p/interface'
@@ -21,7 +21,10 @@ import type { Registry } from 'prom-client'
 
 export interface MetagridServices extends Record<string, unknown> {
   identify: Identify
+  /** Standard ping, used by kad-dht for its routing table. */
   ping: Ping
+  /** metagrid's latency probes: the same ping, on its own protocol id (see constants.ts). */
+  probePing: Ping
   dht: KadDHT
   pubsub: GossipSub
 }
@@ -106,6 +109,7 @@ export async function createMetagridLibp2p (options: Libp2pOptions): Promise<Met
     services: {
       identify: identify(),
       ping: ping(),
+      probePing: ping({ protocolPrefix: PROBE_PING_PREFIX }),
       dht: kadDHT({
         protocol: DHT_PROTOCOL,
         // Edge meshes live on LANs and in tests on loopback: keep private addresses and answer queries from the start.

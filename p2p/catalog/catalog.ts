@@ -1,7 +1,9 @@
 /**
  * Advertises this node in the DHT: its signed descriptor under a key derived
  * from its peer id, and a provider record for each capability tag. Both are
- * republished at half their lifetime and whenever the descriptor changes;
+ * renewed when a third of the descriptor's lifetime has passed since it was
+ * issued (so two attempts fit before it expires, however long the last one
+ * took), and whenever the descriptor changes;
  * nothing is sent before the routing table has a peer (kad-dht holds queries
  * until then); on stop the node stops providing.
  */
@@ -30,8 +32,8 @@ export interface CatalogOptions {
   checkEveryMs: number
 }
 
-/** One publication (put plus provides) may take this long before it is abandoned and retried. */
-const PUBLISH_TIMEOUT_MS = 30_000
+/** One publication (put plus provides) may take this long, at most, before it is abandoned and retried. */
+const MAX_PUBLISH_TIMEOUT_MS = 30_000
 
 export class Catalog {
   private readonly components: CatalogComponents
@@ -41,7 +43,8 @@ export class Catalog {
   private publishing: Promise<void> | undefined
   private descriptor: CapabilityDescriptor | undefined
   private signed: Uint8Array | undefined
-  private publishedAt = 0
+  /** issuedAt of the descriptor last published successfully. */
+  private publishedIssuedAt = 0
   private publishedFingerprint = ''
   private provided: CID[] = []
   private readonly shutdown = new AbortController()
@@ -89,7 +92,7 @@ export class Catalog {
 
   private async tick (): Promise<void> {
     if (this.publishing != null || this.shutdown.signal.aborted || this.routingTableSize() === 0) return
-    const due = Date.now() - this.publishedAt >= this.options.ttlMs / 2
+    const due = Date.now() - this.publishedIssuedAt >= this.options.ttlMs / 3
     if (!due && this.fingerprint() === this.publishedFingerprint) return
     this.publishing = this.publish().finally(() => { this.publishing = undefined })
     await this.publishing
@@ -101,7 +104,8 @@ export class Catalog {
     const fingerprint = this.fingerprint()
     await this.refresh()
     const descriptor = this.descriptor!
-    const signal = AbortSignal.any([AbortSignal.timeout(PUBLISH_TIMEOUT_MS), this.shutdown.signal])
+    // A publication that hangs is cut at a third of the lifetime, leaving time for the next before expiry.
+    const signal = AbortSignal.any([AbortSignal.timeout(Math.min(MAX_PUBLISH_TIMEOUT_MS, this.options.ttlMs / 3)), this.shutdown.signal])
     try {
       await libp2p.contentRouting.put(descriptorKey(descriptor.peerId), this.signed!, { signal })
       const tags = tagsOf(descriptor)
@@ -110,7 +114,7 @@ export class Catalog {
       const dropped = this.provided.filter((old) => !cids.some((cid) => cid.equals(old)))
       await Promise.all(dropped.map(async (cid) => libp2p.services.dht.cancelReprovide(cid).catch(() => {})))
       this.provided = cids
-      this.publishedAt = Date.now()
+      this.publishedIssuedAt = descriptor.issuedAt
       this.publishedFingerprint = fingerprint
       metrics?.catalogPublished.inc({ result: 'ok' })
       this.log.debug({ tags, expiresAt: descriptor.expiresAt }, 'descriptor published')

@@ -1,19 +1,24 @@
 /**
  * Discovery: find nodes that can serve a request, nearest first.
  *
- * 1. Every wanted tag (capabilities, `model:<name>`, `region:<code>`) is a CID;
- *    its providers are found in the DHT and the sets intersected.
- * 2. Each candidate's descriptor is fetched from the DHT and verified
- *    (signature, peer id, expiry). Provider records are unsigned claims, so
- *    the constraints are checked again against the signed descriptor.
+ * 1. Every wanted tag (capabilities, `model:<name>`, `region:<code>`) is a CID.
+ *    The providers of the most selective one are streamed from the DHT.
+ * 2. Each candidate's descriptor is fetched from the DHT as soon as the
+ *    candidate appears, the first copy that verifies (signature, peer id,
+ *    expiry) is taken, and every constraint (all the other tags included) is
+ *    checked against the signed descriptor: provider records are unsigned
+ *    claims, so the descriptor is the authority and intersecting provider sets
+ *    would only cost more queries.
  * 3. Matches are ranked by expected RTT to the asker (from network
  *    coordinates when it has them, else a direct ping), then load, then cost.
  *    RTTs within 5 ms and loads within 10% count as equal, so a marginally
  *    nearer but busy node does not win over an idle one next door.
  */
 import { peerIdFromString } from '@libp2p/peer-id'
+import { multiaddr } from '@multiformats/multiaddr'
 import { DescriptorError, openDescriptor, type CapabilityDescriptor } from './descriptor.ts'
 import { descriptorKey } from './records.ts'
+import { pingPeer } from '../ping.ts'
 import { ANY_NODE_TAG, normalizeTagValue, tagCid, tagsOf } from './tags.ts'
 import type { MetagridLibp2p } from '../libp2p.ts'
 import type { Logger } from '../../daemon/log/logger.ts'
@@ -52,7 +57,7 @@ export interface DiscoveryResult {
 
 export interface DiscoveryAnswer {
   results: DiscoveryResult[]
-  /** Nodes that provided every wanted tag. */
+  /** Providers of the query's most selective tag that were examined. */
   candidates: number
   /** Candidates whose descriptor was missing, invalid or did not satisfy the query. */
   skipped: number
@@ -75,7 +80,7 @@ export interface DiscoveryOptions {
   maxCandidates: number
   /** Descriptors fetched at once. */
   concurrency: number
-  /** A ping used for ranking waits this long. */
+  /** A ping used for ranking waits this long; it may include dialling the node and the handshake, a few RTTs. */
   pingTimeoutMs: number
 }
 
@@ -83,12 +88,25 @@ export const defaultDiscoveryOptions: DiscoveryOptions = {
   timeoutMs: 15_000,
   maxCandidates: 200,
   concurrency: 8,
-  pingTimeoutMs: 2_000
+  pingTimeoutMs: 5_000
 }
 
 /** RTTs closer than this rank as equal, then load decides. */
 const RTT_BUCKET_MS = 5
 const LOAD_BUCKET = 0.1
+
+/** How specific a tag is: a model or an accelerator model narrows most, the catch-all tag least. */
+function selectivity (tag: string): number {
+  if (tag === ANY_NODE_TAG) return 0
+  const [kind, value] = tag.split(':')
+  if (kind === 'region' || kind === 'arch') return value != null && value.includes('-') ? 2 : 1
+  return value != null ? 4 : 3
+}
+
+/** The one tag whose providers are looked up: the most selective, ties broken by name. */
+export function primaryTag (tags: string[]): string {
+  return [...tags].sort((a, b) => selectivity(b) - selectivity(a) || a.localeCompare(b))[0] ?? ANY_NODE_TAG
+}
 
 /** The tags a query needs providers for. */
 export function queryTags (query: DiscoveryQuery): string[] {
@@ -126,13 +144,6 @@ export function compareResults (a: DiscoveryResult, b: DiscoveryResult): number 
   return (rtt(a) - rtt(b)) || (load(a) - load(b)) || (a.rank.cost - b.rank.cost) || a.peerId.localeCompare(b.peerId)
 }
 
-async function mapLimit<T> (items: T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
-  let next = 0
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, async () => {
-    while (next < items.length) await fn(items[next++]!)
-  }))
-}
-
 export class Discovery {
   private readonly components: DiscoveryComponents
   private readonly options: DiscoveryOptions
@@ -144,45 +155,59 @@ export class Discovery {
     this.log = components.logger.child({ component: 'metagrid:discovery' })
   }
 
-  private async providers (tag: string, signal: AbortSignal): Promise<Set<string>> {
-    const found = new Set<string>()
+  /** Streams the distinct providers of a tag. A query cut short by the deadline ends with what it found. */
+  private async * providers (tag: string, signal: AbortSignal): AsyncGenerator<string> {
+    const seen = new Set<string>()
     const cid = await tagCid(tag)
     try {
       for await (const provider of this.components.libp2p.contentRouting.findProviders(cid, { signal })) {
-        found.add(provider.id.toString())
-        if (found.size >= this.options.maxCandidates) break
+        const id = provider.id.toString()
+        if (seen.has(id)) continue
+        seen.add(id)
+        yield id
+        if (seen.size >= this.options.maxCandidates) return
       }
     } catch (err) {
-      // A query cut short by the deadline still has what it found so far.
       if (!signal.aborted) this.log.debug({ tag, err }, 'provider query ended with an error')
     }
-    return found
   }
 
+  /**
+   * The candidate's descriptor: the first copy the DHT returns that verifies.
+   * Descriptors are self-certifying, so there is no need to wait for the query
+   * to visit every holder and pick the newest; the query is stopped there.
+   */
   private async descriptorOf (peerId: string, signal: AbortSignal): Promise<CapabilityDescriptor | undefined> {
     const { libp2p, metrics } = this.components
-    let bytes: Uint8Array
+    const stop = new AbortController()
     try {
-      bytes = await libp2p.contentRouting.get(descriptorKey(peerId), { signal })
+      for await (const event of libp2p.services.dht.get(descriptorKey(peerId), { signal: AbortSignal.any([signal, stop.signal]) })) {
+        if (event.name !== 'VALUE') continue
+        try {
+          return await openDescriptor(event.value, { now: Date.now(), expectedPeerId: peerId })
+        } catch (err) {
+          metrics?.catalogRejected.inc({ reason: err instanceof DescriptorError ? err.reason : 'encoding' })
+        }
+      }
     } catch {
-      // Not found, or every copy failed the DHT validator (which counted it).
-      return undefined
+      // Not found, timed out, or every copy failed the DHT validator (which counted it).
+    } finally {
+      stop.abort()
     }
-    try {
-      return await openDescriptor(bytes, { now: Date.now(), expectedPeerId: peerId })
-    } catch (err) {
-      metrics?.catalogRejected.inc({ reason: err instanceof DescriptorError ? err.reason : 'encoding' })
-      return undefined
-    }
+    return undefined
   }
 
-  private async rttTo (peerId: string): Promise<Pick<Ranking, 'rttMs' | 'rttSource'>> {
+  private async rttTo (descriptor: CapabilityDescriptor): Promise<Pick<Ranking, 'rttMs' | 'rttSource'>> {
     const { libp2p, estimateRtt } = this.components
+    const { peerId } = descriptor
     if (peerId === libp2p.peerId.toString()) return { rttMs: 0, rttSource: 'self' }
     const estimate = estimateRtt?.(peerId)
     if (estimate != null) return { rttMs: Math.round(estimate * 100) / 100, rttSource: 'estimated' }
     try {
-      const rtt = await libp2p.services.ping.ping(peerIdFromString(peerId), { signal: AbortSignal.timeout(this.options.pingTimeoutMs) })
+      const id = peerIdFromString(peerId)
+      // The descriptor may have come from another holder: its signed addresses are how to reach the node itself.
+      await libp2p.peerStore.merge(id, { multiaddrs: descriptor.addrs.map((addr) => multiaddr(addr)) })
+      const rtt = await pingPeer(libp2p, id, this.options.pingTimeoutMs)
       return { rttMs: rtt, rttSource: 'measured' }
     } catch {
       return { rttMs: null, rttSource: 'unknown' }
@@ -192,18 +217,14 @@ export class Discovery {
   async discover (query: DiscoveryQuery, onResult?: (result: DiscoveryResult) => void): Promise<DiscoveryAnswer> {
     const started = performance.now()
     const signal = AbortSignal.timeout(this.options.timeoutMs)
-    const tags = queryTags(query)
-    const sets = await Promise.all(tags.map(async (tag) => this.providers(tag, signal)))
-    const [first, ...others] = sets
-    const candidates = [...(first ?? [])].filter((peer) => others.every((set) => set.has(peer)))
-
     const results: DiscoveryResult[] = []
     let firstMs: number | null = null
-    await mapLimit(candidates, this.options.concurrency, async (peerId) => {
+    let candidates = 0
+    const examine = async (peerId: string): Promise<void> => {
       if (signal.aborted) return
       const descriptor = await this.descriptorOf(peerId, signal)
       if (descriptor == null || !satisfies(query, descriptor)) return
-      const rtt = await this.rttTo(peerId)
+      const rtt = await this.rttTo(descriptor)
       const result: DiscoveryResult = {
         peerId,
         addrs: descriptor.addrs,
@@ -216,14 +237,24 @@ export class Discovery {
         this.components.metrics?.discoveryDuration.observe({ stage: 'first' }, firstMs / 1000)
       }
       onResult?.(result)
-    })
+    }
+
+    // Candidates are examined while the provider query is still running, a few at a time.
+    const running = new Set<Promise<void>>()
+    for await (const peerId of this.providers(primaryTag(queryTags(query)), signal)) {
+      candidates++
+      const job = examine(peerId).finally(() => running.delete(job))
+      running.add(job)
+      if (running.size >= this.options.concurrency) await Promise.race(running)
+    }
+    await Promise.all(running)
     const completeMs = performance.now() - started
     this.components.metrics?.discoveryDuration.observe({ stage: 'complete' }, completeMs / 1000)
     results.sort(compareResults)
     return {
       results: results.slice(0, query.limit),
-      candidates: candidates.length,
-      skipped: candidates.length - results.length,
+      candidates,
+      skipped: candidates - results.length,
       timings: { firstMs: firstMs == null ? null : Math.round(firstMs), completeMs: Math.round(completeMs) }
     }
   }

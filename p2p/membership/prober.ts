@@ -9,6 +9,7 @@ import { peerIdFromString } from '@libp2p/peer-id'
 import { CoordinateError, type Coordinate, type VivaldiClient } from '../coordinates/vivaldi.ts'
 import { requestProbe } from './probe-protocol.ts'
 import { shuffle } from '../shuffle.ts'
+import { pingPeer } from '../ping.ts'
 import type { CheckResult, Membership } from './membership.ts'
 import type { MetagridLibp2p } from '../libp2p.ts'
 import type { Logger } from '../../daemon/log/logger.ts'
@@ -78,7 +79,7 @@ export class Prober {
     const key = peer.toString()
     const pending = this.inFlight.get(key)
     if (pending != null) return pending
-    const ping = this.components.libp2p.services.ping.ping(peer, { signal: AbortSignal.timeout(timeoutMs) })
+    const ping = pingPeer(this.components.libp2p, peer, timeoutMs)
       .finally(() => { this.inFlight.delete(key) })
     this.inFlight.set(key, ping)
     return ping
