@@ -110,8 +110,26 @@ export class DaemonProcess {
   }
 }
 
+/** Daemons this process started and has not seen exit; killed if this process exits first. Process-wide on purpose, like the exit it hooks. */
+const running = new Set<DaemonProcess>()
+let exitHookInstalled = false
+
+/**
+ * Starts a daemon. If this process exits while the daemon still runs (a test
+ * runner or bench that crashed or was interrupted), the daemon is killed too,
+ * rather than left behind to load the machine.
+ */
 export function spawnDaemon (options: SpawnDaemonOptions): DaemonProcess {
-  return new DaemonProcess(options)
+  const daemon = new DaemonProcess(options)
+  running.add(daemon)
+  void daemon.exited.then(() => running.delete(daemon))
+  if (!exitHookInstalled) {
+    exitHookInstalled = true
+    process.once('exit', () => {
+      for (const child of running) child.child.kill('SIGKILL')
+    })
+  }
+  return daemon
 }
 
 /** The environment for a child daemon: the parent's, minus METAGRID_* so a stray variable cannot change a devnet or test node. */

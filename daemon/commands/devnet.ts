@@ -80,11 +80,6 @@ export async function devnetCommand (args: string[], io: CommandIO): Promise<Exi
     return codes.every((code) => code === 0)
   }
 
-  // Last resort if this process dies of an error: do not leave daemons running behind it.
-  process.once('exit', () => {
-    for (const daemon of processes) daemon.child.kill('SIGTERM')
-  })
-
   const signalled = new Promise<NodeJS.Signals>((resolveSignal) => {
     process.once('SIGINT', () => resolveSignal('SIGINT'))
     process.once('SIGTERM', () => resolveSignal('SIGTERM'))

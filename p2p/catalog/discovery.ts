@@ -182,9 +182,11 @@ export class Discovery {
     const stop = new AbortController()
     try {
       for await (const event of libp2p.services.dht.get(descriptorKey(peerId), { signal: AbortSignal.any([signal, stop.signal]) })) {
-        if (event.name !== 'VALUE') continue
+        // kad-dht has already run our validator on a record carried by a response; VALUE is its final pick.
+        const value = event.name === 'PEER_RESPONSE' ? event.record?.value : event.name === 'VALUE' ? event.value : undefined
+        if (value == null) continue
         try {
-          return await openDescriptor(event.value, { now: Date.now(), expectedPeerId: peerId })
+          return await openDescriptor(value, { now: Date.now(), expectedPeerId: peerId })
         } catch (err) {
           metrics?.catalogRejected.inc({ reason: err instanceof DescriptorError ? err.reason : 'encoding' })
         }

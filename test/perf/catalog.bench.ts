@@ -20,7 +20,7 @@ const NODES = 20
 /** Half the nodes declare a GPU, so a `need=gpu` query has 10 candidates to rank. */
 const hasGpu = (index: number): boolean => index % 2 === 0
 const KS = [1, 3, 5]
-const SETTLE_S = Number(process.env.BENCH_SETTLE_S ?? 60)
+const SETTLE_S = Number(process.env.BENCH_SETTLE_S ?? 90)
 
 function precisionAt (k: number, returned: string[], truth: string[]): number {
   const top = new Set(truth.slice(0, k))
@@ -37,16 +37,15 @@ export async function run (): Promise<Record<string, unknown>> {
     }))
     configs.push(file)
   }
-  // Probes four times a second so coordinates settle within the minute the bench waits (the mesh bench has the production curve).
-  const bed = await Testbed.start({ cities: pickCities(NODES), env: { METAGRID_PROBES_INTERVAL_MS: '250' }, nodeArgs: (i) => ['--config', configs[i]!] })
+  // Probes twice a second so coordinates settle within the minute and a half the bench waits (the mesh bench has the production curve).
+  const bed = await Testbed.start({ cities: pickCities(NODES), env: { METAGRID_PROBES_INTERVAL_MS: '500' }, nodeArgs: (i) => ['--config', configs[i]!] })
   try {
-    for (const node of bed.nodes) {
-      await waitFor('all nodes in the catalog', async () => (await getJson<DiscoveryAnswer>(node.api, '/v1/discover?limit=100')).results.length === NODES, 120_000, 1000)
-    }
+    await waitFor('the catalog to fill', async () => (await getJson<DiscoveryAnswer>(bed.nodes[0]!.api, '/v1/discover?limit=100')).results.length === NODES, 120_000, 1000)
     await sleep(SETTLE_S * 1000)
     const index = new Map(bed.nodes.map((node) => [node.peerId, node.index]))
     const first: number[] = []
     const complete: number[] = []
+    const found: number[] = []
     const precision: Record<string, Record<number, number[]>> = { coordinates: {}, random: {}, measured: {} }
     for (const method of Object.keys(precision)) for (const k of KS) precision[method]![k] = []
 
@@ -54,6 +53,7 @@ export async function run (): Promise<Record<string, unknown>> {
       const answer = await getJson<DiscoveryAnswer>(asker.api, '/v1/discover?need=gpu&limit=100')
       if (answer.timings.firstMs != null) first.push(answer.timings.firstMs)
       complete.push(answer.timings.completeMs)
+      found.push(answer.results.length)
       const others = (peers: string[]): string[] => peers.filter((peer) => peer !== asker.peerId)
       const truth = others(bed.nodes.filter((node) => hasGpu(node.index)).map((node) => node.peerId))
         .sort((a, b) => bed.rttMs(asker.index, index.get(a)!) - bed.rttMs(asker.index, index.get(b)!))
@@ -76,6 +76,8 @@ export async function run (): Promise<Record<string, unknown>> {
       coordinatesSettleS: SETTLE_S,
       timeToFirstAnswerMs: summary(first, 0),
       timeToCompleteAnswerMs: summary(complete, 0),
+      // Of the 10 matching nodes, how many each answer held (a query cut by the 15 s deadline holds fewer).
+      matchesFound: summary(found, 0),
       precisionAtK: Object.fromEntries(Object.entries(precision).map(([method, byK]) => [method, Object.fromEntries(KS.map((k) => [`p@${k}`, mean(byK[k]!)]))]))
     }
   } finally {
