@@ -40,6 +40,16 @@ export class Metrics {
   readonly discoveryDuration: Histogram<'stage'>
   /** This node's own Vivaldi error estimate (0 certain, 1.5 knows nothing). */
   readonly coordinateError: Gauge
+  /** Time from a write's HLC wall time at its origin to its apply on this replica. */
+  readonly crdtConvergence: Histogram
+  readonly crdtConflicts: Counter
+  /** Operations one side had and the other lacked at the last anti-entropy session, per shard. */
+  readonly crdtDivergence: Gauge<'shard'>
+  readonly crdtDeltaBytes: Counter<'direction' | 'path'>
+  readonly crdtWrites: Counter<'kind'>
+  readonly crdtSyncSessions: Counter<'role' | 'result'>
+  readonly crdtLogCut: Counter
+  readonly crdtGossipSkipped: Counter<'reason'>
 
   constructor (registry: Registry = new Registry()) {
     this.registry = registry
@@ -82,6 +92,19 @@ export class Metrics {
     })
     this.bootstrapDials = new Counter({ name: 'metagrid_bootstrap_dials_total', help: 'Dials to bootstrap peers, by result', labelNames: ['result'], registers })
     this.coordinateError = new Gauge({ name: 'metagrid_coordinate_error', help: 'This node\'s Vivaldi coordinate error estimate', registers })
+    this.crdtConvergence = new Histogram({
+      name: 'metagrid_crdt_convergence_seconds',
+      help: 'Time from a remote write (its HLC wall time at the origin) to its apply here',
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300],
+      registers
+    })
+    this.crdtConflicts = new Counter({ name: 'metagrid_crdt_conflicts_total', help: 'Remote writes that raced a concurrent write to the same component (resolved last-writer-wins)', registers })
+    this.crdtDivergence = new Gauge({ name: 'metagrid_crdt_divergence_operations', help: 'Operations one replica had and the other lacked at the last anti-entropy session, per shard', labelNames: ['shard'], registers })
+    this.crdtDeltaBytes = new Counter({ name: 'metagrid_crdt_delta_bytes_total', help: 'Bytes of CRDT patches, by direction and path (gossip or sync)', labelNames: ['direction', 'path'], registers })
+    this.crdtWrites = new Counter({ name: 'metagrid_crdt_writes_total', help: 'Writes acknowledged through the API, by kind', labelNames: ['kind'], registers })
+    this.crdtSyncSessions = new Counter({ name: 'metagrid_crdt_sync_sessions_total', help: 'Anti-entropy sessions, by role and result', labelNames: ['role', 'result'], registers })
+    this.crdtLogCut = new Counter({ name: 'metagrid_crdt_log_records_cut_total', help: 'Corrupt or truncated shard log records cut on open', registers })
+    this.crdtGossipSkipped = new Counter({ name: 'metagrid_crdt_gossip_skipped_total', help: 'Deltas not gossiped (left to anti-entropy), by reason', labelNames: ['reason'], registers })
   }
 
   /** Registers a function that refreshes point-in-time gauges just before each scrape. */

@@ -15,12 +15,14 @@ import { measureHardware } from '../p2p/catalog/hardware.ts'
 import { DESCRIPTOR_NAMESPACE, descriptorSelector, descriptorValidator } from '../p2p/catalog/records.ts'
 import { createMetagridLibp2p, listenAddrs, type MetagridLibp2p } from '../p2p/libp2p.ts'
 import { Mesh } from '../p2p/mesh.ts'
+import { Replication } from '../p2p/sync/replication.ts'
 import { Database, SUBLEVELS } from '../storage/database.ts'
 import { UptimeLog } from '../storage/uptime-log.ts'
 import { createApiServer } from './api/server.ts'
 import { registerCatalogRoutes } from './api/routes/catalog.ts'
 import { registerMeshRoutes } from './api/routes/mesh.ts'
 import { registerNodeRoutes } from './api/routes/node.ts'
+import { registerShardRoutes } from './api/routes/shards.ts'
 import { libp2pComponentLogger } from './log/libp2p-logger.ts'
 import { Metrics } from './metrics.ts'
 import { VERSION } from './version.ts'
@@ -84,6 +86,7 @@ export class MetagridNode {
   readonly mesh: Mesh
   readonly catalog: Catalog
   readonly discovery: Discovery
+  readonly replication: Replication
   readonly api: FastifyInstance
   private readonly parts: Part[]
   private readonly started: Part[] = []
@@ -130,6 +133,9 @@ export class MetagridNode {
       logger
     }, defaultDiscoveryOptions)
 
+    const { served, syncIntervalMs, maxValueBytes, ...storeOptions } = config.shards
+    this.replication = new Replication({ libp2p, database, membership: this.mesh.membership, metrics, logger }, { served, syncIntervalMs, ...storeOptions })
+
     this.api = createApiServer({ logger, metrics, inFlight: this.inFlight })
     registerNodeRoutes(this.api, {
       libp2p,
@@ -141,10 +147,13 @@ export class MetagridNode {
     })
     registerMeshRoutes(this.api, this.mesh)
     registerCatalogRoutes(this.api, { catalog: this.catalog, discovery: this.discovery })
+    registerShardRoutes(this.api, { replication: this.replication, metrics, maxValueBytes })
 
     const { host, port } = splitHostPort(config.api)
     this.parts = [
       { name: 'uptime', start: async () => uptime.start(), stop: async () => uptime.stop() },
+      // Shard state is loaded before the network starts and written out after it stops.
+      { name: 'shard-stores', start: async () => this.replication.open(), stop: async () => this.replication.close() },
       {
         name: 'libp2p',
         start: async () => {
@@ -159,6 +168,7 @@ export class MetagridNode {
       { name: 'mesh', start: async () => this.mesh.start(), stop: async () => this.mesh.stop() },
       { name: 'bootstrap', start: () => bootstrap.start(), stop: () => bootstrap.stop() },
       { name: 'catalog', start: async () => this.catalog.start(), stop: async () => this.catalog.stop() },
+      { name: 'replication', start: async () => this.replication.start(), stop: async () => this.replication.stop() },
       {
         name: 'api',
         start: async () => {

@@ -26,7 +26,9 @@ export const SUBLEVELS = {
   /** libp2p's datastore: peer store (and with it the DHT routing table) and DHT records. */
   libp2p: 'libp2p',
   /** The node's own bookkeeping: uptime sessions. */
-  node: 'node'
+  node: 'node',
+  /** Shard state: a snapshot and a log of deltas per shard. */
+  crdt: 'crdt'
 } as const
 
 export type SublevelName = typeof SUBLEVELS[keyof typeof SUBLEVELS]

@@ -134,6 +134,26 @@ const catalogSchema = z.strictObject({
   reliabilityWindowMs: z.int().min(60_000).max(365 * 86_400_000).default(7 * 86_400_000)
 })
 
+/** Shard ids name gossip topics and database keys: short, and no separators beyond . _ - */
+export const shardId = z.string().regex(/^[a-z0-9][a-z0-9._-]{0,63}$/, { error: 'expected a shard id such as world-3-7 (lowercase letters, digits, . _ -, at most 64)' })
+
+const shardsSchema = z.strictObject({
+  /** Shards this node replicates (until placement assigns them). Any other shard id is unknown to the API. */
+  served: z.array(shardId).max(4096).default(['default']),
+  /** Writes within this window share one LevelDB batch, one delta and one gossip message (group commit). */
+  batchMs: z.int().min(0).max(1_000).default(5),
+  /** fsync the log on every group commit: survives power loss, not just a crash of the daemon. */
+  sync: z.boolean().default(false),
+  /** Log records after which the shard's log is folded into its snapshot. */
+  compactEveryRecords: z.int().min(10).max(1_000_000).default(2_000),
+  /** Anti-entropy with one random replica of each shard this often (and on connect, and when a peer comes back). */
+  syncIntervalMs: z.int().min(500).max(3_600_000).default(10_000),
+  /** A remote write whose clock is further ahead of ours than this is refused. */
+  maxClockDriftMs: z.int().min(100).max(86_400_000).default(60_000),
+  /** Largest JSON value of one component, in bytes. */
+  maxValueBytes: z.int().min(64).max(1_048_576).default(65_536)
+})
+
 export const configSchema = z.strictObject({
   dataDir: z.string().min(1),
   listen: z.array(multiaddrString).min(1, { error: 'expected at least one listen multiaddr' }),
@@ -150,7 +170,8 @@ export const configSchema = z.strictObject({
   telemetry: telemetrySchema.prefault({}),
   probes: probesSchema.prefault({}),
   membership: membershipSchema.prefault({}),
-  catalog: catalogSchema.prefault({})
+  catalog: catalogSchema.prefault({}),
+  shards: shardsSchema.prefault({})
 })
 
 export type Config = z.infer<typeof configSchema>

@@ -109,6 +109,20 @@ export class Encoder {
     this.writeBytes(bytes)
   }
 
+  /** A big-endian 32-bit unsigned integer (checksums). */
+  writeUint32 (value: number): void {
+    this.ensure(4)
+    this.view.setUint32(this.position, value >>> 0)
+    this.position += 4
+  }
+
+  /** Bytes with no length in front: only as the last field. */
+  writeBytesRaw (bytes: Uint8Array): void {
+    this.ensure(bytes.length)
+    this.buffer.set(bytes, this.position)
+    this.position += bytes.length
+  }
+
   writeBytes (bytes: Uint8Array): void {
     this.writeVarUint(bytes.length)
     this.ensure(bytes.length)
@@ -264,6 +278,20 @@ export class Decoder {
     } catch {
       throw new CodecError('string is not valid UTF-8')
     }
+  }
+
+  readUint32 (): number {
+    if (this.remaining < 4) throw new CodecError(`unexpected end of input at byte ${this.position}`)
+    const value = this.view.getUint32(this.position)
+    this.position += 4
+    return value
+  }
+
+  /** Everything left, as a view (no copy). */
+  readRest (): Uint8Array {
+    const rest = this.buffer.subarray(this.position)
+    this.position = this.buffer.length
+    return rest
   }
 
   readBytes (): Uint8Array {

@@ -66,7 +66,9 @@ const scenarioArb = fc.record({
   seed: fc.integer()
 })
 
-function simulate (scenario: fc.RecordValue<typeof scenarioArb extends fc.Arbitrary<infer T> ? T : never>, shuffle: <T>(items: T[]) => T[]): { docs: ShardDoc[], wire: Uint8Array[] } {
+type Scenario = typeof scenarioArb extends fc.Arbitrary<infer T> ? T : never
+
+function simulate (scenario: Scenario, shuffle: <T>(items: T[]) => T[]): { docs: ShardDoc[], wire: Uint8Array[] } {
   const time = { now: 1_700_000_000_000 }
   const docs = Array.from({ length: scenario.replicas }, (_, i) => replica(`r${i}`, time))
   const wire: Uint8Array[] = []

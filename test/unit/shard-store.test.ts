@@ -1,0 +1,127 @@
+import { afterAll, describe, expect, it } from 'vitest'
+import { Database, SUBLEVELS } from '../../storage/database.ts'
+import { ShardStore, ShardStoreError, type ShardStoreOptions } from '../../storage/shard-store.ts'
+import { createLogger } from '../../daemon/log/logger.ts'
+import { decodePatch, encodePatch } from '../../storage/crdt/patch-codec.ts'
+import { ShardDoc } from '../../storage/crdt/shard-doc.ts'
+import { HybridClock } from '../../storage/crdt/hlc.ts'
+import { TestBed } from '../helpers/daemons.ts'
+
+const bed = new TestBed()
+afterAll(async () => bed.cleanup())
+const logger = createLogger({ level: 'silent', format: 'json' })
+const options: ShardStoreOptions = { batchMs: 2, sync: false, compactEveryRecords: 10_000, maxClockDriftMs: 60_000 }
+
+async function open (dir: string, overrides: Partial<ShardStoreOptions> = {}): Promise<{ db: Database, store: ShardStore, recovery: Awaited<ReturnType<typeof ShardStore.open>>['recovery'] }> {
+  const db = await Database.open(dir)
+  const { store, recovery } = await ShardStore.open('w1', 'me', db.sublevel(SUBLEVELS.crdt), { ...options, ...overrides }, logger)
+  return { db, store, recovery }
+}
+
+describe('shard store', () => {
+  it('replays snapshot and log on open: local and remote writes, counters, deletions', async () => {
+    const dir = await bed.tempDir()
+    const { db, store } = await open(dir, { compactEveryRecords: 10 })
+    const peer = new ShardDoc('peer', new HybridClock(60_000))
+    peer.setComponent('p1', 'pos', [1, 2])
+    peer.increment('gold', 7)
+    const delta = peer.takeDelta()!
+    await store.applyRemote(delta, encodePatch(delta))
+    for (let i = 0; i < 25; i++) {
+      store.doc.setComponent(`e${i % 5}`, 'pos', { x: i })
+      store.doc.increment('gold', 1)
+      await store.commit()
+    }
+    store.doc.deleteEntity('e0')
+    await store.commit()
+    expect(store.logIndex().length).toBeLessThan(10) // compaction ran
+    const before = encodePatch(store.doc.snapshot())
+    await store.close()
+    await db.close()
+
+    const again = await open(dir)
+    try {
+      expect(again.recovery.snapshotBytes).toBeGreaterThan(0)
+      expect(again.recovery.cut).toBe(0)
+      expect(again.store.doc.entityIds()).toEqual(['e1', 'e2', 'e3', 'e4', 'p1'])
+      expect(again.store.doc.counter('gold')).toBe(32)
+      expect(again.store.doc.entity('e4')).toEqual({ entity: 'e4', components: { pos: { x: 24 } } })
+      const replayed = new ShardDoc('x', new HybridClock(60_000))
+      replayed.apply(decodePatch(before))
+      expect(again.store.doc.context.equals(replayed.context)).toBe(true)
+      // Its own next write continues after the dots it handed out before the restart.
+      const last = again.store.doc.lastSeq
+      again.store.doc.setComponent('e9', 'hp', 1)
+      expect(again.store.doc.lastSeq).toBe(last + 2)
+    } finally {
+      await again.store.close()
+      await again.db.close()
+    }
+  })
+
+  it('group-commits concurrent writes into one batch and answers each after it is written', async () => {
+    const dir = await bed.tempDir()
+    const { db, store } = await open(dir, { batchMs: 20 })
+    const commits: Array<Promise<void>> = []
+    for (let i = 0; i < 100; i++) {
+      store.doc.setComponent(`e${i}`, 'hp', i)
+      commits.push(store.commit())
+    }
+    await Promise.all(commits)
+    expect(store.logIndex().length).toBe(1)
+    await store.close()
+    await db.close()
+  })
+
+  it('cuts a corrupt log tail instead of trusting it, and keeps what came before', async () => {
+    const dir = await bed.tempDir()
+    const { db, store } = await open(dir)
+    store.doc.setComponent('a', 'hp', 1)
+    await store.commit()
+    store.doc.setComponent('b', 'hp', 2)
+    await store.commit()
+    store.doc.setComponent('c', 'hp', 3)
+    await store.commit()
+    const [, second] = store.logIndex()
+    await store.close()
+    // Flip a byte in the middle record; the record after it goes too (the log ends at the first bad record).
+    const crdt = db.sublevel(SUBLEVELS.crdt)
+    const key = `l/w1/${second!.position.toString(16).padStart(13, '0')}`
+    const value = (await crdt.get(key))!
+    value[value.length - 1] = value[value.length - 1]! ^ 0xff
+    await crdt.put(key, value)
+    await crdt.put('l/w1/garbage', Uint8Array.of(1))
+    await db.close()
+
+    const again = await open(dir)
+    try {
+      expect(again.recovery).toMatchObject({ records: 1, cut: 3 })
+      expect(again.store.doc.entityIds()).toEqual(['a'])
+      const keys = await again.db.sublevel(SUBLEVELS.crdt).keys().all()
+      expect(keys).toHaveLength(1)
+    } finally {
+      await again.store.close()
+      await again.db.close()
+    }
+  })
+
+  it('refuses to open over a corrupt snapshot rather than serve part of the state', async () => {
+    const dir = await bed.tempDir()
+    const { db, store } = await open(dir)
+    store.doc.setComponent('a', 'hp', 1)
+    await store.commit()
+    await store.compact()
+    await store.close()
+    const crdt = db.sublevel(SUBLEVELS.crdt)
+    const value = (await crdt.get('s/w1'))!
+    value[6] = value[6]! ^ 0x55
+    await crdt.put('s/w1', value)
+    await db.close()
+    const db2 = await Database.open(dir)
+    try {
+      await expect(ShardStore.open('w1', 'me', db2.sublevel(SUBLEVELS.crdt), options, logger)).rejects.toThrow(ShardStoreError)
+    } finally {
+      await db2.close()
+    }
+  })
+})
