@@ -33,6 +33,11 @@ const TAG_OBJECT = 7
 /** A float that float32 represents exactly (0.5, 31.25, most game coordinates on a grid) in 4 bytes. */
 const TAG_FLOAT32 = 8
 
+function sorted (names: string[]): boolean {
+  for (let i = 1; i < names.length; i++) if (names[i - 1]! > names[i]!) return false
+  return true
+}
+
 export class Encoder {
   private buffer: Uint8Array
   private view: DataView
@@ -65,11 +70,22 @@ export class Encoder {
   /** Unsigned integer up to 2^53 - 1. */
   writeVarUint (value: number): void {
     this.ensure(8)
-    while (value > 0x7f) {
-      this.buffer[this.position++] = (value % 0x80) | 0x80
-      value = Math.floor(value / 0x80)
+    const buffer = this.buffer
+    let position = this.position
+    if (value < 0x80000000) {
+      // Small values (nearly all) with bit operations; larger ones need float arithmetic.
+      while (value > 0x7f) {
+        buffer[position++] = (value & 0x7f) | 0x80
+        value >>>= 7
+      }
+    } else {
+      while (value > 0x7f) {
+        buffer[position++] = (value % 0x80) | 0x80
+        value = Math.floor(value / 0x80)
+      }
     }
-    this.buffer[this.position++] = value
+    buffer[position++] = value
+    this.position = position
   }
 
   /** Signed integer in (-2^52, 2^52), zigzag-encoded. */
@@ -165,7 +181,7 @@ export class Encoder {
       for (const item of value) this.writeJson(item, depth + 1, keys)
     } else if (typeof value === 'object') {
       const names = Object.keys(value)
-      if (names.length > 1) names.sort()
+      if (names.length > 1 && !sorted(names)) names.sort()
       this.writeByte(TAG_OBJECT)
       this.writeVarUint(names.length)
       for (const key of names) {

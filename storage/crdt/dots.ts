@@ -15,51 +15,72 @@ export interface Dot {
 export class DotContext {
   /** Contiguous prefix per replica: every seq in 1..max has been seen. */
   private readonly prefix = new Map<string, number>()
-  /** Seen seqs beyond max + 1, per replica. */
-  private readonly cloud = new Map<string, Set<number>>()
+  /**
+   * Seen seqs beyond max + 1, per replica, as sorted, disjoint, non-adjacent
+   * ranges [from, to]: a whole delta received out of order is one range, not
+   * a thousand numbers.
+   */
+  private readonly cloud = new Map<string, Array<[number, number]>>()
 
   has (replica: string, seq: number): boolean {
     if (seq <= (this.prefix.get(replica) ?? 0)) return true
-    return this.cloud.get(replica)?.has(seq) === true
+    const ranges = this.cloud.get(replica)
+    if (ranges == null) return false
+    const range = ranges[findRange(ranges, seq)]
+    return range != null && range[0] <= seq && seq <= range[1]
+  }
+
+  /** Whether every seq in from..to has been seen. */
+  hasRange (replica: string, from: number, to: number): boolean {
+    const max = this.prefix.get(replica) ?? 0
+    if (to <= max) return true
+    const start = Math.max(from, max + 1)
+    const ranges = this.cloud.get(replica)
+    if (ranges == null) return false
+    const range = ranges[findRange(ranges, start)]
+    return range != null && range[0] <= start && to <= range[1]
   }
 
   add (replica: string, seq: number): void {
-    const max = this.prefix.get(replica) ?? 0
-    if (seq <= max) return
-    if (seq === max + 1) {
-      let next = seq
-      const cloud = this.cloud.get(replica)
-      if (cloud != null) {
-        while (cloud.delete(next + 1)) next++
-        if (cloud.size === 0) this.cloud.delete(replica)
-      }
-      this.prefix.set(replica, next)
-      return
-    }
-    let cloud = this.cloud.get(replica)
-    if (cloud == null) {
-      cloud = new Set()
-      this.cloud.set(replica, cloud)
-    }
-    cloud.add(seq)
+    this.addRange(replica, seq, seq)
   }
 
   addRange (replica: string, from: number, to: number): void {
     const max = this.prefix.get(replica) ?? 0
-    if (from <= max + 1 && to > max) {
-      // The common case: a range that extends the prefix.
-      this.prefix.set(replica, to)
-      const cloud = this.cloud.get(replica)
-      if (cloud != null) {
-        let next = to
-        for (const seq of [...cloud]) if (seq <= to) cloud.delete(seq)
-        while (cloud.delete(next + 1)) next++
-        this.prefix.set(replica, next)
-        if (cloud.size === 0) this.cloud.delete(replica)
+    if (to <= max || to < from) return
+    if (from <= max + 1) {
+      // The common case: the range extends the prefix; absorb cloud ranges it reaches.
+      let next = to
+      const ranges = this.cloud.get(replica)
+      if (ranges != null) {
+        let drop = 0
+        while (drop < ranges.length && ranges[drop]![0] <= next + 1) {
+          next = Math.max(next, ranges[drop]![1])
+          drop++
+        }
+        if (drop > 0) ranges.splice(0, drop)
+        if (ranges.length === 0) this.cloud.delete(replica)
       }
+      this.prefix.set(replica, next)
       return
     }
-    for (let seq = from; seq <= to; seq++) this.add(replica, seq)
+    let ranges = this.cloud.get(replica)
+    if (ranges == null) {
+      this.cloud.set(replica, [[from, to]])
+      return
+    }
+    // Insert, then merge with overlapping or adjacent neighbours.
+    let i = findRange(ranges, from)
+    if (i > 0 && ranges[i - 1]![1] + 1 >= from) i--
+    let start = from
+    let end = to
+    let j = i
+    while (j < ranges.length && ranges[j]![0] <= end + 1) {
+      start = Math.min(start, ranges[j]![0])
+      end = Math.max(end, ranges[j]![1])
+      j++
+    }
+    ranges.splice(i, j - i, [start, end])
   }
 
   /** The contiguous prefix of a replica's seqs seen (0 for none). */
@@ -69,35 +90,32 @@ export class DotContext {
 
   /** The highest seq of a replica seen, contiguous or not. */
   highest (replica: string): number {
-    let high = this.prefix.get(replica) ?? 0
-    for (const seq of this.cloud.get(replica) ?? []) if (seq > high) high = seq
-    return high
+    const ranges = this.cloud.get(replica)
+    return ranges != null && ranges.length > 0 ? ranges[ranges.length - 1]![1] : this.prefix.get(replica) ?? 0
   }
 
   replicas (): string[] {
     return [...new Set([...this.prefix.keys(), ...this.cloud.keys()])]
   }
 
-  /** Every dot of `replica` seen out of order. */
-  cloudOf (replica: string): number[] {
-    return [...(this.cloud.get(replica) ?? [])].sort((a, b) => a - b)
+  /** The ranges of `replica`'s seqs seen out of order, ascending. */
+  cloudOf (replica: string): ReadonlyArray<readonly [number, number]> {
+    return this.cloud.get(replica) ?? []
   }
 
   merge (other: DotContext): void {
     for (const replica of other.replicas()) {
       const max = other.max(replica)
       if (max > 0) this.addRange(replica, 1, max)
-      for (const seq of other.cloudOf(replica)) this.add(replica, seq)
+      for (const [from, to] of other.cloudOf(replica)) this.addRange(replica, from, to)
     }
   }
 
   /** Whether every dot of `other` is in this context. */
   covers (other: DotContext): boolean {
     for (const replica of other.replicas()) {
-      if (other.max(replica) > this.max(replica)) {
-        for (let seq = this.max(replica) + 1; seq <= other.max(replica); seq++) if (!this.has(replica, seq)) return false
-      }
-      for (const seq of other.cloudOf(replica)) if (!this.has(replica, seq)) return false
+      if (other.max(replica) > 0 && !this.hasRange(replica, 1, other.max(replica))) return false
+      for (const [from, to] of other.cloudOf(replica)) if (!this.hasRange(replica, from, to)) return false
     }
     return true
   }
@@ -116,4 +134,16 @@ export class DotContext {
   equals (other: DotContext): boolean {
     return this.covers(other) && other.covers(this)
   }
+}
+
+/** Index of the first range that ends at or after `seq` (ranges.length if none). */
+function findRange (ranges: ReadonlyArray<readonly [number, number]>, seq: number): number {
+  let low = 0
+  let high = ranges.length
+  while (low < high) {
+    const mid = (low + high) >>> 1
+    if (ranges[mid]![1] < seq) low = mid + 1
+    else high = mid
+  }
+  return low
 }

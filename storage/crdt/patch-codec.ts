@@ -8,7 +8,7 @@
  *   version=1, kind (0 delta, 1 snapshot)
  *   replicas: n, string*          names: n, string*
  *   [delta] origin index, from, to
- *   context: n, (replica index, prefix, cloud n, seq*)*      [snapshot only]
+ *   context: n, (replica index, prefix, ranges n, (gap, length - 1)*)*   [snapshot only]
  *   base wall
  *   entities: n, (entity, adds n (replica, seq)*, removes n (replica, seq)*,
  *                 components n (name, flags, [value], wall, counter, replica, seq, [prev replica, prev seq])*)*
@@ -36,13 +36,19 @@ export const MAX_NAME_LENGTH = 128
 class Table {
   readonly items: string[] = []
   private readonly index = new Map<string, number>()
+  private last: string | undefined
+  private lastIndex = 0
   ref (value: string): number {
+    // Runs of the same replica or name are the rule; skip the map for them.
+    if (value === this.last) return this.lastIndex
     let i = this.index.get(value)
     if (i === undefined) {
       i = this.items.length
       this.items.push(value)
       this.index.set(value, i)
     }
+    this.last = value
+    this.lastIndex = i
     return i
   }
 }
@@ -97,9 +103,15 @@ export function encodePatch (patch: Patch): Uint8Array {
     for (const replica of contextReplicas) {
       e.writeVarUint(replicas.ref(replica))
       e.writeVarUint(patch.context.max(replica))
+      // Ranges seen out of order: (gap from the previous end, length - 1) each.
       const cloud = patch.context.cloudOf(replica)
       e.writeVarUint(cloud.length)
-      for (const seq of cloud) e.writeVarUint(seq)
+      let previous = patch.context.max(replica)
+      for (const [from, to] of cloud) {
+        e.writeVarUint(from - previous)
+        e.writeVarUint(to - from)
+        previous = to
+      }
     }
   }
   e.writeVarUint(baseWall)
@@ -195,7 +207,14 @@ export function decodePatch (bytes: Uint8Array): Patch {
       const prefix = d.readVarUint()
       if (prefix > 0) context.addRange(replica, 1, prefix)
       const cloud = d.readLength()
-      for (let j = 0; j < cloud; j++) context.add(replica, readSeq(d))
+      let previous = prefix
+      for (let j = 0; j < cloud; j++) {
+        const from = previous + d.readVarUint()
+        const to = from + d.readVarUint()
+        if (from <= previous || !Number.isSafeInteger(to)) throw new CodecError('context ranges must ascend with gaps')
+        context.addRange(replica, from, to)
+        previous = to
+      }
     }
   }
   const baseWall = d.readVarUint()

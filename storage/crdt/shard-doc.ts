@@ -84,7 +84,9 @@ export interface EntityView {
 export class ShardDoc {
   readonly replica: string
   readonly clock: HybridClock
-  readonly context = new DotContext()
+  private readonly seen = new DotContext()
+  /** This replica's own dots up to here are in `seen`; later ones are added when the context is next read. */
+  private ownInContext = 0
   private readonly components = new Map<string, Map<string, ComponentEntry>>()
   private readonly members = new Map<string, Dot[]>()
   private readonly counters = new Map<string, Map<string, CounterEntry>>()
@@ -96,6 +98,18 @@ export class ShardDoc {
     this.clock = clock
   }
 
+  /**
+   * Every dot this replica has seen. Its own dots are contiguous, so they are
+   * added in one range when the context is read rather than one by one.
+   */
+  get context (): DotContext {
+    if (this.ownInContext < this.seq) {
+      this.seen.addRange(this.replica, this.ownInContext + 1, this.seq)
+      this.ownInContext = this.seq
+    }
+    return this.seen
+  }
+
   /** This replica's last dot; the next operation gets seq + 1. */
   get lastSeq (): number {
     return this.seq
@@ -103,7 +117,6 @@ export class ShardDoc {
 
   private nextDot (): number {
     const seq = ++this.seq
-    this.context.add(this.replica, seq)
     const pending = this.pending ??= { kind: 'delta', origin: this.replica, from: seq, to: seq, components: [], adds: [], removes: [], counters: [], context: new DotContext() }
     pending.to = seq
     return seq
@@ -297,6 +310,8 @@ export class ShardDoc {
     if (latest != null) this.clock.observe(latest.wall, latest.counter)
     // Our own dots can come back (a restart replaying its log, a peer echoing a snapshot): never reuse one.
     this.seq = Math.max(this.seq, this.context.highest(this.replica))
+    // Dots of ours learnt from a peer are in the context already; the ones between them we may never have had.
+    this.ownInContext = this.seq
     return result
   }
 

@@ -340,3 +340,35 @@ function expectCodecErrorOrPatch (bytes: Uint8Array): void {
     if (!(err instanceof CodecError) && !(err instanceof ClockDriftError)) throw err
   }
 }
+
+describe('DotContext', () => {
+  it('agrees with a plain set of dots under any ranges added, merged and compared', () => {
+    const rangeArb = fc.tuple(fc.constantFrom('a', 'b'), fc.integer({ min: 1, max: 60 }), fc.integer({ min: 0, max: 8 }))
+    fc.assert(fc.property(fc.array(rangeArb, { maxLength: 30 }), fc.array(rangeArb, { maxLength: 30 }), (first, second) => {
+      const build = (ranges: Array<[string, number, number]>): { context: DotContext, model: Set<string> } => {
+        const context = new DotContext()
+        const model = new Set<string>()
+        for (const [replica, from, length] of ranges) {
+          context.addRange(replica, from, from + length)
+          for (let seq = from; seq <= from + length; seq++) model.add(`${replica}:${seq}`)
+        }
+        return { context, model }
+      }
+      const x = build(first)
+      const y = build(second)
+      for (const replica of ['a', 'b']) {
+        for (let seq = 1; seq <= 70; seq++) expect(x.context.has(replica, seq)).toBe(x.model.has(`${replica}:${seq}`))
+        const highest = Math.max(0, ...[...x.model].filter((dot) => dot.startsWith(`${replica}:`)).map((dot) => Number(dot.split(':')[1])))
+        expect(x.context.highest(replica)).toBe(highest)
+      }
+      expect(x.context.covers(y.context)).toBe([...y.model].every((dot) => x.model.has(dot)))
+      const merged = x.context.clone()
+      merged.merge(y.context)
+      for (const replica of ['a', 'b']) {
+        for (let seq = 1; seq <= 70; seq++) expect(merged.has(replica, seq)).toBe(x.model.has(`${replica}:${seq}`) || y.model.has(`${replica}:${seq}`))
+      }
+      const snapshot = decodePatch(encodePatch({ kind: 'snapshot', components: [], adds: [], removes: [], counters: [], context: merged })).context
+      expect(snapshot.equals(merged)).toBe(true)
+    }), { numRuns: 500 })
+  })
+})
