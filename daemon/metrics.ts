@@ -95,7 +95,8 @@ export class Metrics {
     this.crdtConvergence = new Histogram({
       name: 'metagrid_crdt_convergence_seconds',
       help: 'Time from a remote write (its HLC wall time at the origin) to its apply here',
-      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300],
+      // Fine below 100 ms, where a healthy mesh lives; coarse above, where partitions and restarts land.
+      buckets: [0.001, 0.002, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300],
       registers
     })
     this.crdtConflicts = new Counter({ name: 'metagrid_crdt_conflicts_total', help: 'Remote writes that raced a concurrent write to the same component (resolved last-writer-wins)', registers })

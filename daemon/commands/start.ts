@@ -33,6 +33,7 @@ function exitCodeFor (err: unknown): ExitCodeValue {
     case 'KeyFileError':
     case 'DataDirLockedError':
     case 'StorageOpenError':
+    case 'ShardStoreError':
       return ExitCode.DATA_DIR
     case 'AddressInUseError':
       return ExitCode.ADDRESS

@@ -5,7 +5,14 @@
  * the data directory. Every replica must end equal, with every acknowledged
  * write present and every acknowledged increment counted exactly once.
  */
+import { multiaddr } from '@multiformats/multiaddr'
+import { lpStream } from '@libp2p/utils'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { SYNC_PROTOCOL, shardTopic } from '../../p2p/constants.ts'
+import { HybridClock } from '../../storage/crdt/hlc.ts'
+import { encodePatch } from '../../storage/crdt/patch-codec.ts'
+import { ShardDoc } from '../../storage/crdt/shard-doc.ts'
+import { startTestPeer } from '../helpers/libp2p.ts'
 import { getJson, waitFor } from '../helpers/daemons.ts'
 import { metricValue, scrape } from '../helpers/metrics.ts'
 import { pickCities } from '../testbed/geo.ts'
@@ -159,6 +166,52 @@ describe('shard replication on a 4-node testbed', () => {
     expect(visible(await shard(0))).toBe(before)
   })
 
+  it('rejects forged and malformed gossiped deltas, and leaves the state untouched', async () => {
+    const victim = bed.nodes[0]!
+    const { node: attacker } = await startTestPeer()
+    try {
+      const counted = async (reason: string): Promise<number> => metricValue(await scrape(victim.api), 'metagrid_gossip_invalid_total', { topic: 'shard', reason, action: 'reject' }) ?? 0
+      const before = { forged: await counted('FORGED'), malformed: await counted('MALFORMED') }
+      const state = visible(await shard(0))
+      await attacker.dial(multiaddr(victim.addr))
+      const topic = shardTopic('default')
+      attacker.services.pubsub.subscribe(topic)
+      await waitFor('the victim to show up as a shard subscriber', () => attacker.services.pubsub.getSubscribers(topic).some((peer) => peer.toString() === victim.peerId))
+      // A delta claiming to be another replica's writes.
+      const impostor = new ShardDoc(bed.nodes[1]!.peerId, new HybridClock(60_000))
+      impostor.setComponent('forged', 'owner', 'mallory')
+      await attacker.services.pubsub.publish(topic, encodePatch(impostor.takeDelta()!))
+      await attacker.services.pubsub.publish(topic, Uint8Array.of(1, 0, 9, 9, 9))
+      await waitFor('both to be counted', async () => (await counted('FORGED')) === before.forged + 1 && (await counted('MALFORMED')) === before.malformed + 1, 10_000)
+      expect(visible(await shard(0))).toBe(state)
+    } finally {
+      await attacker.stop()
+    }
+  })
+
+  it('cuts off a peer that sends garbage over the sync protocol', async () => {
+    const victim = bed.nodes[1]!
+    const { node: attacker } = await startTestPeer()
+    try {
+      const counted = async (): Promise<number> => metricValue(await scrape(victim.api), 'metagrid_wire_rejected_total', { protocol: 'sync', reason: 'MALFORMED' }) ?? 0
+      const before = await counted()
+      const connection = await attacker.dial(multiaddr(victim.addr))
+      const stream = await connection.newStream(SYNC_PROTOCOL)
+      const lp = lpStream(stream)
+      await lp.write(Uint8Array.of(1, 7, 100, 101, 102, 97, 117, 108, 116, 0xff, 0xff, 0xff))
+      await waitFor('the garbage to be counted', async () => (await counted()) === before + 1, 10_000)
+      await waitFor('the victim to hang up', () => attacker.getConnections(connection.remotePeer).length === 0, 10_000)
+      // And it is not served again for a while.
+      const again = await attacker.dial(multiaddr(victim.addr))
+      const retry = await again.newStream(SYNC_PROTOCOL)
+      const retryLp = lpStream(retry)
+      await retryLp.write(encodeHelloForTest())
+      await expect(retryLp.read({ signal: AbortSignal.timeout(5_000) })).rejects.toThrow()
+    } finally {
+      await attacker.stop()
+    }
+  })
+
   it('streams changes to subscribers as Server-Sent Events, remote ones included', async () => {
     const controller = new AbortController()
     const response = await fetch(`${bed.nodes[2]!.api}/v1/shards/default/events`, { signal: controller.signal })
@@ -180,3 +233,10 @@ describe('shard replication on a 4-node testbed', () => {
     expect(text).toContain('"hello":"world"')
   })
 })
+
+function encodeHelloForTest (): Uint8Array {
+  const empty = new ShardDoc('x', new HybridClock(60_000)).snapshot()
+  const context = encodePatch(empty)
+  const shardId = new TextEncoder().encode('default')
+  return Uint8Array.from([1, shardId.length, ...shardId, ...context])
+}

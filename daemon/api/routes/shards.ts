@@ -151,29 +151,25 @@ export function registerShardRoutes (app: FastifyInstance, deps: ShardRouteCompo
     return view
   })
 
-  app.put('/v1/shards/:shard/entities/:entity', async (request) => {
-    const { shard, entity } = parseInput(entityParams, request.params, 'params')
-    const body = parseInput(putBody, request.body, 'body')
-    const target = store(shard)
-    checkValues(body.components, deps.maxValueBytes)
-    target.doc.putEntity(entity, body.components as Record<string, JsonValue>)
-    await target.commit()
-    metrics?.crdtWrites.inc({ kind: 'put' })
-    announce(shard, target.doc, [entity], [], 'local')
-    return written(target, { entity })
-  })
-
-  app.patch('/v1/shards/:shard/entities/:entity', async (request) => {
-    const { shard, entity } = parseInput(entityParams, request.params, 'params')
-    const body = parseInput(patchBody, request.body, 'body')
-    const target = store(shard)
-    checkValues(body.components, deps.maxValueBytes)
-    target.doc.patchEntity(entity, body.components as Record<string, JsonValue | null>)
-    await target.commit()
-    metrics?.crdtWrites.inc({ kind: 'patch' })
-    announce(shard, target.doc, [entity], [], 'local')
-    return written(target, { entity })
-  })
+  /** PUT replaces an entity's components, PATCH changes some (null deletes one); both answer once durable. */
+  for (const [method, kind, schema] of [['PUT', 'put', putBody], ['PATCH', 'patch', patchBody]] as const) {
+    app.route({
+      method,
+      url: '/v1/shards/:shard/entities/:entity',
+      handler: async (request) => {
+        const { shard, entity } = parseInput(entityParams, request.params, 'params')
+        const body = parseInput(schema, request.body, 'body')
+        const target = store(shard)
+        checkValues(body.components, deps.maxValueBytes)
+        if (kind === 'put') target.doc.putEntity(entity, body.components as Record<string, JsonValue>)
+        else target.doc.patchEntity(entity, body.components as Record<string, JsonValue | null>)
+        await target.commit()
+        metrics?.crdtWrites.inc({ kind })
+        announce(shard, target.doc, [entity], [], 'local')
+        return written(target, { entity })
+      }
+    })
+  }
 
   app.delete('/v1/shards/:shard/entities/:entity', async (request) => {
     const { shard, entity } = parseInput(entityParams, request.params, 'params')
