@@ -23,6 +23,7 @@ import { registerCatalogRoutes } from './api/routes/catalog.ts'
 import { registerMeshRoutes } from './api/routes/mesh.ts'
 import { registerNodeRoutes } from './api/routes/node.ts'
 import { registerShardRoutes } from './api/routes/shards.ts'
+import { tokenAuthorizer } from './api/authorize.ts'
 import { libp2pComponentLogger } from './log/libp2p-logger.ts'
 import { Metrics } from './metrics.ts'
 import { VERSION } from './version.ts'
@@ -147,7 +148,9 @@ export class MetagridNode {
     })
     registerMeshRoutes(this.api, this.mesh)
     registerCatalogRoutes(this.api, { catalog: this.catalog, discovery: this.discovery })
-    registerShardRoutes(this.api, { replication: this.replication, metrics, maxValueBytes })
+    const nodeId = libp2p.peerId.toString()
+    const authorize = tokenAuthorizer({ apiHost: splitHostPort(config.api).host, roots: () => new Set([nodeId]) })
+    registerShardRoutes(this.api, { replication: this.replication, authorize, metrics, maxValueBytes })
 
     const { host, port } = splitHostPort(config.api)
     this.parts = [

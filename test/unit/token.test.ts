@@ -19,7 +19,8 @@ let mallory: PrivateKey
 const id = (key: PrivateKey): string => peerIdFromPrivateKey(key).toString()
 
 beforeAll(async () => {
-  [operator, node, client, mallory] = await Promise.all([0, 1, 2, 3].map(async () => generateKeyPair('Ed25519')))
+  const keys = await Promise.all([0, 1, 2, 3].map(async () => generateKeyPair('Ed25519')))
+  ;[operator, node, client, mallory] = [keys[0]!, keys[1]!, keys[2]!, keys[3]!]
 })
 
 describe('signed statements', () => {

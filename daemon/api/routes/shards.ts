@@ -10,6 +10,7 @@ import { MAX_JSON_DEPTH, type JsonValue } from '../../../storage/crdt/codec.ts'
 import { MAX_NAME_LENGTH } from '../../../storage/crdt/patch-codec.ts'
 import { UnknownShardError, type Replication } from '../../../p2p/sync/replication.ts'
 import type { ShardStore } from '../../../storage/shard-store.ts'
+import type { Authorize } from '../authorize.ts'
 import type { Metrics } from '../../metrics.ts'
 import type { FastifyInstance, FastifyReply } from 'fastify'
 
@@ -42,6 +43,8 @@ const batchBody = z.strictObject({ ops: z.array(batchOp).min(1).max(MAX_BATCH_OP
 
 export interface ShardRouteComponents {
   replication: Replication
+  /** Refuses a write the caller may not make (see authorize.ts). */
+  authorize: Authorize
   metrics: Metrics | null
   maxValueBytes: number
 }
@@ -106,6 +109,15 @@ export function registerShardRoutes (app: FastifyInstance, deps: ShardRouteCompo
       for (const counter of counterList) send(subscriber, 'counter', { shard, name: counter, value: doc.counter(counter), origin })
     }
   }
+
+  // Every write checks the caller first; reads of shard state are public.
+  app.addHook('preHandler', async (request) => {
+    if (request.method === 'GET' || request.method === 'HEAD') return
+    const url = request.routeOptions.url ?? ''
+    if (!url.startsWith('/v1/shards/')) return
+    const { shard } = request.params as { shard?: string }
+    await deps.authorize(request, `shard:${shard ?? ''}`, 'write')
+  })
 
   replication.addEventListener('change', (event) => {
     const { shard, result, local } = event.detail
