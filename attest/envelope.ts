@@ -27,14 +27,23 @@ const DOMAIN = fromString('metagrid-envelope/v1\u0000')
 /** Which check an envelope failed, so callers and counters can say why it was refused. */
 export type EnvelopeCheck = 'size' | 'encoding' | 'key' | 'type' | 'signature' | 'signer'
 
-export class EnvelopeError extends Error {
-  static override name = 'EnvelopeError'
-  override name = 'EnvelopeError'
-  readonly check: EnvelopeCheck
-  constructor (check: EnvelopeCheck, message: string) {
+/** A verification that failed, naming the check: the base of every attest/ error. */
+export class CheckError<C extends string> extends Error {
+  static override name = 'CheckError'
+  override name = 'CheckError'
+  readonly check: C
+  /** The message without the check in front. */
+  readonly detail: string
+  constructor (check: C, message: string) {
     super(`${check}: ${message}`)
     this.check = check
+    this.detail = message
   }
+}
+
+export class EnvelopeError extends CheckError<EnvelopeCheck> {
+  static override name = 'EnvelopeError'
+  override name = 'EnvelopeError'
 }
 
 export interface Envelope {

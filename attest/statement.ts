@@ -15,19 +15,14 @@
  */
 import * as dagCbor from '@ipld/dag-cbor'
 import { z } from 'zod'
-import { EnvelopeError, openEnvelope, sealEnvelope, type EnvelopeCheck } from './envelope.ts'
+import { CheckError, EnvelopeError, openEnvelope, sealEnvelope, type EnvelopeCheck } from './envelope.ts'
 import type { PeerId, PrivateKey } from '@libp2p/interface'
 
 export type StatementCheck = EnvelopeCheck | 'payload' | 'predicate' | 'not-yet-valid' | 'expired' | 'window'
 
-export class StatementError extends Error {
+export class StatementError extends CheckError<StatementCheck> {
   static override name = 'StatementError'
   override name = 'StatementError'
-  readonly check: StatementCheck
-  constructor (check: StatementCheck, message: string) {
-    super(`${check}: ${message}`)
-    this.check = check
-  }
 }
 
 export interface Subject {
@@ -91,7 +86,7 @@ export async function verifyStatement<P> (bytes: Uint8Array, options: VerifyStat
   try {
     envelope = await openEnvelope(bytes, { maxBytes: options.maxBytes ?? MAX_STATEMENT_BYTES, payloadTypes: [options.type] })
   } catch (err) {
-    if (err instanceof EnvelopeError) throw new StatementError(err.check, err.message.replace(/^[a-z-]+: /, ''))
+    if (err instanceof EnvelopeError) throw new StatementError(err.check, err.detail)
     throw err
   }
   let raw: unknown

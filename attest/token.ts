@@ -18,6 +18,7 @@ import { CID } from 'multiformats/cid'
 import * as raw from 'multiformats/codecs/raw'
 import { sha256 } from 'multiformats/hashes/sha2'
 import { z } from 'zod'
+import { CheckError } from './envelope.ts'
 import { signStatement, StatementError, verifyStatement, type StatementCheck } from './statement.ts'
 import type { PrivateKey } from '@libp2p/interface'
 
@@ -27,15 +28,13 @@ export const DEFAULT_MAX_DEPTH = 5
 
 export type TokenCheck = StatementCheck | 'depth' | 'proof-audience' | 'escalation' | 'untrusted-root' | 'revoked' | 'replayed'
 
-export class TokenError extends Error {
+export class TokenError extends CheckError<TokenCheck> {
   static override name = 'TokenError'
   override name = 'TokenError'
-  readonly check: TokenCheck
   /** How many links above the presented token the failure is (0: the token itself). */
   readonly depth: number
   constructor (check: TokenCheck, message: string, depth = 0) {
-    super(`${check}${depth > 0 ? ` (proof at depth ${depth})` : ''}: ${message}`)
-    this.check = check
+    super(check, depth > 0 ? `${message} (proof at depth ${depth})` : message)
     this.depth = depth
   }
 }
@@ -178,7 +177,7 @@ async function verifyLink (bytes: Uint8Array, options: VerifyTokenOptions, depth
   try {
     statement = await verifyStatement(bytes, { type: TOKEN_TYPE, predicate: predicateSchema, now: options.now, ...(options.skewMs != null ? { skewMs: options.skewMs } : {}) })
   } catch (err) {
-    if (err instanceof StatementError) throw new TokenError(err.check, err.message.replace(/^[a-z-]+: /, ''), depth)
+    if (err instanceof StatementError) throw new TokenError(err.check, err.detail, depth)
     throw err
   }
   const issuer = statement.signer.toString()
