@@ -69,12 +69,24 @@ function positionKey (shard: string, position: number): string {
   return `l/${shard}/${position.toString(16).padStart(POSITION_DIGITS, '0')}`
 }
 
-function frame (body: Uint8Array, prefix?: (e: Encoder) => void): Uint8Array {
-  const e = new Encoder()
-  e.writeUint32(crc32(body))
-  prefix?.(e)
+/** A record as stored: crc32 of everything after it, then `fields` (if any), then the patch bytes. */
+function frame (body: Uint8Array, fields?: (e: Encoder) => void): Uint8Array {
+  const head = new Encoder(16)
+  fields?.(head)
+  const headBytes = head.finish()
+  const e = new Encoder(4 + headBytes.length + body.length)
+  e.writeUint32(crc32(body, crc32(headBytes)))
+  e.writeBytesRaw(headBytes)
   e.writeBytesRaw(body)
   return e.finish()
+}
+
+/** Checks a record's crc32 and hands back a decoder positioned after it; throws on a mismatch. */
+function unframe (value: Uint8Array): Decoder {
+  const d = new Decoder(value)
+  const crc = d.readUint32()
+  if (crc32(value.subarray(4)) !== crc) throw new ShardStoreError('checksum mismatch')
+  return d
 }
 
 interface PendingWrite {
@@ -99,8 +111,6 @@ export class ShardStore extends TypedEventEmitter<ShardEvents> {
   private flushing: Promise<void> | undefined
   private compacting: Promise<void> | undefined
   private closed = false
-  /** Bytes written to the log since open, for metrics. */
-  bytesLogged = 0
 
   private constructor (shard: string, replica: string, db: Sublevel, options: ShardStoreOptions, logger: Logger) {
     super()
@@ -125,12 +135,9 @@ export class ShardStore extends TypedEventEmitter<ShardEvents> {
       // A bad snapshot is not a tail that can be cut: refuse to start rather than serve partial state.
       let patch: Patch
       try {
-        const d = new Decoder(snapshot)
-        const crc = d.readUint32()
+        const d = unframe(snapshot)
         const covers = d.readVarUint()
-        const body = d.readRest()
-        if (crc32(body) !== crc) throw new Error('checksum mismatch')
-        patch = decodePatch(body)
+        patch = decodePatch(d.readRest())
         this.snapshotCovers = covers
       } catch (err) {
         throw new ShardStoreError(`snapshot of shard ${this.shard} is corrupt (${(err as Error).message}); move the data directory aside and let the node resync from its peers`, { cause: err })
@@ -149,11 +156,7 @@ export class ShardStore extends TypedEventEmitter<ShardEvents> {
       }
       let patch: Patch
       try {
-        const d = new Decoder(value)
-        const crc = d.readUint32()
-        const body = d.readRest()
-        if (crc32(body) !== crc) throw new Error('checksum mismatch')
-        patch = decodePatch(body)
+        patch = decodePatch(unframe(value).readRest())
         this.doc.apply(patch)
       } catch (err) {
         this.log.warn({ code: 'LOG_TAIL_CUT', position, err }, 'shard log record is corrupt; cutting the log here')
@@ -189,11 +192,10 @@ export class ShardStore extends TypedEventEmitter<ShardEvents> {
    */
   async applyRemote (patch: Patch, bytes: Uint8Array): Promise<ApplyResult> {
     this.assertOpen()
+    // Only a patch with operations we had not seen is worth a log record (a losing write still is: peers may ask for it).
+    const fresh = !this.doc.context.covers(patch.context)
     const result = this.doc.apply(patch)
-    // Only a patch that brought something new is worth a log record.
-    if (result.entities.size > 0 || result.counters.size > 0 || patch.kind === 'snapshot' || patch.removes.length > 0 || patch.components.length > 0) {
-      this.enqueue(bytes, patch)
-    }
+    if (fresh) this.enqueue(bytes, patch)
     const durable = this.whenDurable()
     if (result.entities.size > 0 || result.counters.size > 0) {
       void durable.then(() => { this.safeDispatchEvent('change', { detail: { result, local: false } }) }, () => {})
@@ -210,10 +212,11 @@ export class ShardStore extends TypedEventEmitter<ShardEvents> {
   async readRecord (position: number): Promise<Uint8Array | undefined> {
     const value = await this.db.get(positionKey(this.shard, position))
     if (value == null) return undefined
-    const d = new Decoder(value)
-    const crc = d.readUint32()
-    const body = d.readRest()
-    return crc32(body) === crc ? body : undefined
+    try {
+      return unframe(value).readRest()
+    } catch {
+      return undefined
+    }
   }
 
   private enqueue (bytes: Uint8Array, patch: Patch): void {
@@ -221,7 +224,6 @@ export class ShardStore extends TypedEventEmitter<ShardEvents> {
     const value = frame(bytes)
     this.pendingWrites.push({ key: positionKey(this.shard, position), value })
     this.pendingIndex.push(indexEntry(position, patch))
-    this.bytesLogged += value.byteLength
   }
 
   private whenDurable (): Promise<void> {

@@ -7,17 +7,8 @@
  */
 import { homedir } from 'node:os'
 import { join } from 'node:path'
-import { multiaddr } from '@multiformats/multiaddr'
 import { z } from 'zod'
-
-const isMultiaddr = (value: string): boolean => {
-  try {
-    multiaddr(value)
-    return value.startsWith('/')
-  } catch {
-    return false
-  }
-}
+import { capabilityTag, isMultiaddr, nonNegative, regionCode } from '../../p2p/catalog/descriptor.ts'
 
 const multiaddrString = z.string().refine(isMultiaddr, {
   error: 'expected a multiaddr such as /ip4/0.0.0.0/tcp/4001'
@@ -38,11 +29,6 @@ export const hostPort = z.string().refine(
   },
   { error: 'expected HOST:PORT such as 127.0.0.1:7311 (port 0 picks a free port)' }
 )
-
-/** ISO 3166-1 alpha-2 country code with an optional ISO 3166-2 subdivision: `DE`, `DE-BY`, `US-CA`. */
-export const regionCode = z.string().regex(/^[A-Z]{2}(?:-[A-Z0-9]{1,3})?$/, {
-  error: 'expected an ISO 3166 region code such as DE or US-CA'
-})
 
 export const logLevels = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const
 
@@ -95,8 +81,6 @@ const membershipSchema = z.strictObject({
   forgetAfterMs: z.int().min(1_000).max(86_400_000).default(600_000)
 })
 
-const nonNegative = z.number().min(0).max(1e12)
-const tag = z.string().regex(/^[a-z0-9][a-z0-9:._/-]{0,127}$/, { error: 'expected a lowercase tag such as edge or gpu:nvidia-h100' })
 
 const catalogSchema = z.strictObject({
   /** Where the node is, for clients that rank by geography; declared. */
@@ -127,7 +111,7 @@ const catalogSchema = z.strictObject({
     perGiBEgress: nonNegative.default(0)
   }).prefault({}),
   /** Extra capability tags to be found by. */
-  tags: z.array(tag).default([]),
+  tags: z.array(capabilityTag).default([]),
   /** A descriptor and its provider records live this long; they are republished at half of it, so a node that stops drops out within it. */
   ttlMs: z.int().min(2_000).max(86_400_000).default(3_600_000),
   /** Window over which the node states its measured uptime. */

@@ -20,10 +20,18 @@ export const MAX_DESCRIPTOR_BYTES = 16 * 1024
 const MAX_CLOCK_SKEW_MS = 60_000
 
 const text = (max: number): z.ZodString => z.string().min(1).max(max)
-const nonNegative = z.number().min(0).max(1e12)
+/** Shared with the config schema, which declares what a descriptor then carries. */
+export const nonNegative = z.number().min(0).max(1e12)
 const source = z.enum(['measured', 'declared'])
 
-const isMultiaddr = (value: string): boolean => {
+/** ISO 3166-1 alpha-2 country code with an optional ISO 3166-2 subdivision: `DE`, `DE-BY`, `US-CA`. */
+export const regionCode = z.string().regex(/^[A-Z]{2}(?:-[A-Z0-9]{1,3})?$/, {
+  error: 'expected an ISO 3166 region code such as DE or US-CA'
+})
+
+export const capabilityTag = z.string().regex(/^[a-z0-9][a-z0-9:._/-]{0,127}$/, { error: 'expected a lowercase tag such as edge or gpu:nvidia-h100' })
+
+export const isMultiaddr = (value: string): boolean => {
   try {
     multiaddr(value)
     return value.startsWith('/')
@@ -63,7 +71,7 @@ export const descriptorSchema = z.strictObject({
   /** The operator's public key (as a libp2p key id), or null for a node of no declared operator. */
   operator: text(128).nullable(),
   /** ISO 3166 code with optional subdivision: DE, DE-BY, US-CA. */
-  region: z.string().regex(/^[A-Z]{2}(?:-[A-Z0-9]{1,3})?$/).nullable(),
+  region: regionCode.nullable(),
   geo: z.strictObject({ lat: z.number().min(-90).max(90), lon: z.number().min(-180).max(180) }).nullable(),
   cpu: z.strictObject({ cores: z.int().min(1).max(100_000), arch: text(32), model: text(256) }),
   memoryMiB: z.int().min(0).max(1e12),
@@ -76,7 +84,7 @@ export const descriptorSchema = z.strictObject({
   software: z.strictObject({ name: text(64), version: text(64) }),
   addrs: z.array(z.string().max(256).refine(isMultiaddr)).max(32),
   /** Capability tags the operator declares beyond those derived from the fields above. */
-  tags: z.array(z.string().regex(/^[a-z0-9][a-z0-9:._/-]{0,127}$/)).max(64),
+  tags: z.array(capabilityTag).max(64),
   /** Which fields were measured on the machine and which were declared in the config. */
   measured: z.array(text(32)).max(32),
   declared: z.array(text(32)).max(32),

@@ -13,6 +13,7 @@ import { peerIdFromMultihash } from '@libp2p/peer-id'
 import { lpStream } from '@libp2p/utils'
 import * as Digest from 'multiformats/hashes/digest'
 import { PROBE_PROTOCOL } from '../constants.ts'
+import { WireProtocolError, wireErrorCode } from '../wire-error.ts'
 import type { MetagridLibp2p } from '../libp2p.ts'
 import type { Logger } from '../../daemon/log/logger.ts'
 import type { Metrics } from '../../daemon/metrics.ts'
@@ -25,14 +26,9 @@ const MAX_PROBE_TIMEOUT_MS = 10_000
 /** Concurrent probe streams per connection: SWIM asks k (3) helpers at a time. */
 const MAX_STREAMS = 8
 
-export class ProbeProtocolError extends Error {
+export class ProbeProtocolError extends WireProtocolError {
   static override name = 'ProbeProtocolError'
   override name = 'ProbeProtocolError'
-  readonly code: string
-  constructor (code: string, message: string) {
-    super(message)
-    this.code = code
-  }
 }
 
 export interface ProbeRequest { target: PeerId, timeoutMs: number }
@@ -110,7 +106,7 @@ export async function handleProbes (components: ProbeHandlerComponents): Promise
       await lp.write(encodeProbeResponse(response), { signal })
       await stream.close({ signal })
     } catch (err) {
-      const code = err instanceof ProbeProtocolError ? err.code : (err as Error).name === 'InvalidDataLengthError' ? 'OVERSIZED' : (err as Error).name === 'TimeoutError' ? 'TIMEOUT' : 'STREAM_ERROR'
+      const code = wireErrorCode(err)
       metrics?.wireRejected.inc({ protocol: 'probe', reason: code })
       log.debug({ code, peer: connection.remotePeer.toString(), reason: (err as Error).message }, 'probe request refused')
       stream.abort(err as Error)

@@ -25,6 +25,7 @@ import { lpStream, type LengthPrefixedStream } from '@libp2p/utils'
 import { CodecError, Decoder, Encoder } from '../../storage/crdt/codec.ts'
 import { DotContext } from '../../storage/crdt/dots.ts'
 import { decodePatch, encodePatch } from '../../storage/crdt/patch-codec.ts'
+import { WireProtocolError } from '../wire-error.ts'
 import type { Patch } from '../../storage/crdt/shard-doc.ts'
 import type { ShardStore } from '../../storage/shard-store.ts'
 
@@ -50,14 +51,9 @@ export const defaultSyncLimits: SyncLimits = {
   timeoutMs: 60_000
 }
 
-export class SyncProtocolError extends Error {
+export class SyncProtocolError extends WireProtocolError {
   static override name = 'SyncProtocolError'
   override name = 'SyncProtocolError'
-  readonly code: string
-  constructor (code: string, message: string) {
-    super(message)
-    this.code = code
-  }
 }
 
 export function encodeContext (context: DotContext): Uint8Array {
@@ -110,25 +106,11 @@ export async function planFor (store: ShardStore, theirs: DotContext, limits: Sy
     ({ missing, patches: [encodePatch(store.doc.snapshot())], snapshot: true })
   if (missing > limits.snapshotAfterOps) return snapshot()
 
-  const selected = store.logIndex().filter((entry) => {
-    if (entry.kind !== 'delta') return false
-    for (let seq = entry.from; seq <= entry.to; seq++) if (!theirs.has(entry.origin, seq)) return true
-    return false
-  })
-  // Every missing operation must fall in a selected delta's range; otherwise only a snapshot has it.
-  const ranges = new Map<string, Array<[number, number]>>()
-  for (const entry of selected) {
-    const list = ranges.get(entry.origin) ?? []
-    list.push([entry.from, entry.to])
-    ranges.set(entry.origin, list)
-  }
-  for (const replica of mine.replicas()) {
-    const list = ranges.get(replica) ?? []
-    for (let seq = theirs.max(replica) + 1; seq <= mine.highest(replica); seq++) {
-      if (!mine.has(replica, seq) || theirs.has(replica, seq)) continue
-      if (!list.some(([from, to]) => seq >= from && seq <= to)) return snapshot()
-    }
-  }
+  const selected = store.logIndex().filter((entry) => entry.kind === 'delta' && !theirs.hasRange(entry.origin, entry.from, entry.to))
+  // Every operation they lack must be in a selected delta's range; otherwise only a snapshot has it.
+  const reach = theirs.clone()
+  for (const entry of selected) reach.addRange(entry.origin, entry.from, entry.to)
+  if (!reach.covers(mine)) return snapshot()
   const patches: Uint8Array[] = []
   for (const entry of selected) {
     const bytes = await store.readRecord(entry.position)

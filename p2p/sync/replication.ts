@@ -14,6 +14,7 @@
 import { TypedEventEmitter } from 'main-event'
 import { SYNC_PROTOCOL, shardTopic } from '../constants.ts'
 import { ignore, reject, topicValidator } from '../gossip/validation.ts'
+import { wireErrorCode } from '../wire-error.ts'
 import { CodecError } from '../../storage/crdt/codec.ts'
 import { ClockDriftError } from '../../storage/crdt/hlc.ts'
 import { decodePatch } from '../../storage/crdt/patch-codec.ts'
@@ -185,9 +186,7 @@ export class Replication extends TypedEventEmitter<ReplicationEvents> {
     // A peer publishes only its own writes; gossipsub has checked that `from` signed the message.
     if (patch.origin !== from.toString()) throw reject('FORGED', `delta of ${patch.origin} published by ${from.toString()}`)
     const context = store.doc.context
-    let fresh = false
-    for (let seq = patch.from!; seq <= patch.to! && !fresh; seq++) fresh = !context.has(patch.origin, seq)
-    if (!fresh) throw ignore('DUPLICATE', 'every operation already applied')
+    if (context.hasRange(patch.origin, patch.from!, patch.to!)) throw ignore('DUPLICATE', 'every operation already applied')
     // Operations of this origin before the delta that we never saw: a gap only anti-entropy can fill.
     if (patch.from! > context.max(patch.origin) + 1) this.want(store.shard, source, 500)
     let latest = 0
@@ -369,7 +368,7 @@ export class Replication extends TypedEventEmitter<ReplicationEvents> {
       }
       return
     }
-    const code = (err as Error).name === 'InvalidDataLengthError' ? 'OVERSIZED' : (err as Error).name === 'TimeoutError' ? 'TIMEOUT' : 'STREAM_ERROR'
+    const code = wireErrorCode(err)
     if (code === 'OVERSIZED') metrics?.wireRejected.inc({ protocol: 'sync', reason: code })
     metrics?.crdtSyncSessions.inc({ role, result: code.toLowerCase() })
     this.log.debug({ code, peer: peer.toString(), err }, 'sync session failed')

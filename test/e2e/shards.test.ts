@@ -95,7 +95,7 @@ describe('shard replication on a 4-node testbed', () => {
     const before = (await shard(0)).counters.score ?? 0
     bed.partition([0, 1], [2, 3])
     let acked = 0
-    const sides = await Promise.all([0, 1, 2, 3].map(async (index) => {
+    await Promise.all([0, 1, 2, 3].map(async (index) => {
       for (let i = 0; i < 8; i++) {
         await write(index, 'PUT', `/v1/shards/default/entities/split-${index}-${i}`, { components: { side: index < 2 ? 'west' : 'east' } })
         await write(index, 'POST', '/v1/shards/default/counters/score', { by: 2 })
@@ -103,9 +103,7 @@ describe('shard replication on a 4-node testbed', () => {
       }
       await write(index, 'PUT', '/v1/shards/default/entities/flag', { components: { holder: index } })
       if (index === 1) await write(index, 'DELETE', '/v1/shards/default/entities/n0-0')
-      return index
     }))
-    expect(sides).toHaveLength(4)
     // While cut, the west does not see the east's writes.
     await new Promise((resolve) => setTimeout(resolve, 3_000))
     expect((await getJson(bed.nodes[0]!.api, '/v1/shards/default/entities/split-1-7').catch(() => null))).not.toBeNull()

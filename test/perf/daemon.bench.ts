@@ -10,11 +10,13 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { cleanDaemonEnv, spawnDaemon, type DaemonProcess } from '../../daemon/process.ts'
 import { rssMiB, sleep, summary } from './harness.ts'
+import { metricValue, scrape } from '../helpers/metrics.ts'
 
 const START_RUNS = Number(process.env.BENCH_START_RUNS ?? 7)
 const DEVNET_NODES = 10
 /** How long the devnet idles while RSS is sampled; long enough for several DHT self-queries and gossip heartbeats. */
-const IDLE_SECONDS = Number(process.env.BENCH_IDLE_SECONDS ?? 60)
+/** Long enough to pass V8's first major collections, so heap growth before them is not mistaken for a leak. */
+const IDLE_SECONDS = Number(process.env.BENCH_IDLE_SECONDS ?? 300)
 const SAMPLE_EVERY_S = 5
 
 function daemon (dataDir: string, bootstrap: string[] = []): DaemonProcess {
@@ -61,11 +63,12 @@ export async function run (): Promise<Record<string, unknown>> {
     const seedReady = await seed.ready
     const nodes = [seed]
     for (let i = 1; i < DEVNET_NODES; i++) nodes.push(daemon(join(root, `devnet-${i}`), [seedReady.addrs[0]!]))
-    await Promise.all(nodes.map(async (node) => node.ready))
-    const samples: Array<{ t: number, perNode: ReturnType<typeof summary>, totalMiB: number }> = []
+    const apis = (await Promise.all(nodes.map(async (node) => node.ready))).map((ready) => ready.api)
+    const samples: Array<{ t: number, perNode: ReturnType<typeof summary>, totalMiB: number, heapUsedMiB: ReturnType<typeof summary> }> = []
     for (let t = 0; t <= IDLE_SECONDS; t += SAMPLE_EVERY_S) {
       const rss = await Promise.all(nodes.map(async (node) => rssMiB(node.pid!)))
-      samples.push({ t, perNode: summary(rss), totalMiB: Number(rss.reduce((a, b) => a + b, 0).toFixed(1)) })
+      const heap = await Promise.all(apis.map(async (api) => (metricValue(await scrape(api), 'nodejs_heap_size_used_bytes') ?? Number.NaN) / 2 ** 20))
+      samples.push({ t, perNode: summary(rss), totalMiB: Number(rss.reduce((a, b) => a + b, 0).toFixed(1)), heapUsedMiB: summary(heap) })
       if (t < IDLE_SECONDS) await sleep(SAMPLE_EVERY_S * 1000)
     }
     const stopCodes = await Promise.all(nodes.map(async (node) => node.stop()))
@@ -76,7 +79,7 @@ export async function run (): Promise<Record<string, unknown>> {
         emptyNodeProcess: await emptyNodeRss(),
         idleNodeAlone: idleRss,
         devnet10: { perNodeAtEnd: last.perNode, totalAtEnd: last.totalMiB, perNodeGrowthFromFirstSample: Number((last.perNode.mean - samples[0]!.perNode.mean).toFixed(1)) },
-        devnet10OverTime: samples.map(({ t, perNode, totalMiB }) => ({ t, meanPerNode: perNode.mean, maxPerNode: perNode.max, totalMiB }))
+        devnet10OverTime: samples.map(({ t, perNode, totalMiB, heapUsedMiB }) => ({ t, meanPerNode: perNode.mean, maxPerNode: perNode.max, totalMiB, heapUsedMeanPerNode: heapUsedMiB.mean, heapUsedMaxPerNode: heapUsedMiB.max }))
       },
       devnetStopExitCodes: stopCodes
     }
