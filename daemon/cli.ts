@@ -6,6 +6,7 @@ import { UsageError } from './cli/usage.ts'
 import { devnetCommand } from './commands/devnet.ts'
 import { discoverCommand } from './commands/discover.ts'
 import { meshCommand } from './commands/mesh.ts'
+import { placementCommand } from './commands/placement.ts'
 import { startCommand } from './commands/start.ts'
 import { statusCommand } from './commands/status.ts'
 import { ExitCode, type ExitCodeValue } from './exit-codes.ts'
@@ -30,6 +31,10 @@ commands:
   discover  find capable nodes, nearest first
             [--need TAG]... [--model NAME] [--region CODE] [--max-cost X] [--currency C]
             [--limit K] [--json] [--api URL | --bootstrap MULTIADDR...]
+  placement show who hosts each shard: assignment, lease holder and epoch, digest
+            [--api URL] [--json]
+  placement explain SHARD
+            every candidate's score terms, rank, and the rule that refused it
   version   print the version
   help      print this text
 
@@ -45,6 +50,7 @@ const COMMANDS: Record<string, Command> = {
   status: statusCommand,
   mesh: meshCommand,
   discover: discoverCommand,
+  placement: placementCommand,
   version: async (_args, io) => { io.stdout.write(`${VERSION}\n`); return ExitCode.OK },
   help: async (_args, io) => { io.stdout.write(HELP); return ExitCode.OK }
 }

@@ -50,6 +50,20 @@ export class Metrics {
   readonly crdtSyncSessions: Counter<'role' | 'result'>
   readonly crdtLogCut: Counter
   readonly crdtGossipSkipped: Counter<'reason'>
+  /** Lease claims and renewals this node ran, by kind and result. */
+  readonly placementClaims: Counter<'kind' | 'result'>
+  /** Shards whose host changed with this node as the new host: planned handoff or failover. */
+  readonly placementMoves: Counter<'reason'>
+  readonly placementLeasesHeld: Gauge
+  /** Highest lease epoch among the shards this node holds (fencing token). */
+  readonly placementEpochMax: Gauge
+  readonly placementCompute: Histogram
+  /** Shards placed beyond the load bound because every eligible node was full. */
+  readonly placementOverflow: Gauge
+  /** Shards with no valid lease in this node's table. */
+  readonly placementUnheld: Gauge
+  /** Entity handoffs across shard borders, by result. */
+  readonly entityHandoffs: Counter<'result'>
 
   constructor (registry: Registry = new Registry()) {
     this.registry = registry
@@ -106,6 +120,14 @@ export class Metrics {
     this.crdtSyncSessions = new Counter({ name: 'metagrid_crdt_sync_sessions_total', help: 'Anti-entropy sessions, by role and result', labelNames: ['role', 'result'], registers })
     this.crdtLogCut = new Counter({ name: 'metagrid_crdt_log_records_cut_total', help: 'Corrupt or truncated shard log records cut on open', registers })
     this.crdtGossipSkipped = new Counter({ name: 'metagrid_crdt_gossip_skipped_total', help: 'Deltas not gossiped (left to anti-entropy), by reason', labelNames: ['reason'], registers })
+    this.placementClaims = new Counter({ name: 'metagrid_placement_claims_total', help: 'Lease claims and renewals run by this node, by kind (claim, renew) and result', labelNames: ['kind', 'result'], registers })
+    this.placementMoves = new Counter({ name: 'metagrid_placement_moves_total', help: 'Shards this node took over, by reason (handoff, failover)', labelNames: ['reason'], registers })
+    this.placementLeasesHeld = new Gauge({ name: 'metagrid_placement_leases_held', help: 'Shards whose lease this node holds', registers })
+    this.placementEpochMax = new Gauge({ name: 'metagrid_placement_lease_epoch_max', help: 'Highest lease epoch (fencing token) among shards this node holds', registers })
+    this.placementCompute = new Histogram({ name: 'metagrid_placement_compute_seconds', help: 'Time to compute the assignment of every shard', buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1], registers })
+    this.placementOverflow = new Gauge({ name: 'metagrid_placement_overflow_shards', help: 'Shards placed beyond the load bound because every eligible node was full', registers })
+    this.placementUnheld = new Gauge({ name: 'metagrid_placement_unheld_shards', help: 'Shards with no valid lease in this node\'s table', registers })
+    this.entityHandoffs = new Counter({ name: 'metagrid_entity_handoffs_total', help: 'Entity transfers across shard borders, by result (committed, aborted, resolved)', labelNames: ['result'], registers })
   }
 
   /** Registers a function that refreshes point-in-time gauges just before each scrape. */

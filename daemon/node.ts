@@ -16,6 +16,10 @@ import { DESCRIPTOR_NAMESPACE, descriptorSelector, descriptorValidator } from '.
 import { createMetagridLibp2p, listenAddrs, type MetagridLibp2p } from '../p2p/libp2p.ts'
 import { Mesh } from '../p2p/mesh.ts'
 import { Replication } from '../p2p/sync/replication.ts'
+import { defaultPlacementParams } from '../p2p/placement/assign.ts'
+import { EntityHandoff } from '../p2p/placement/entity-handoff.ts'
+import { NotHostError, Placement } from '../p2p/placement/placement.ts'
+import { Policy } from '../p2p/placement/policy.ts'
 import { Database, SUBLEVELS } from '../storage/database.ts'
 import { UptimeLog } from '../storage/uptime-log.ts'
 import { createApiServer } from './api/server.ts'
@@ -23,6 +27,7 @@ import { registerCatalogRoutes } from './api/routes/catalog.ts'
 import { registerMeshRoutes } from './api/routes/mesh.ts'
 import { registerNodeRoutes } from './api/routes/node.ts'
 import { registerShardRoutes } from './api/routes/shards.ts'
+import { notHost, registerPlacementRoutes } from './api/routes/placement.ts'
 import { tokenAuthorizer } from './api/authorize.ts'
 import { libp2pComponentLogger } from './log/libp2p-logger.ts'
 import { Metrics } from './metrics.ts'
@@ -88,6 +93,7 @@ export class MetagridNode {
   readonly catalog: Catalog
   readonly discovery: Discovery
   readonly replication: Replication
+  readonly placement: Placement | null
   readonly api: FastifyInstance
   private readonly parts: Part[]
   private readonly started: Part[] = []
@@ -95,7 +101,7 @@ export class MetagridNode {
   private apiAddress = ''
   private stopping: Promise<void> | undefined
 
-  private constructor (options: NodeOptions, database: Database, libp2p: MetagridLibp2p, metrics: Metrics, privateKey: PrivateKey, uptime: UptimeLog, hardware: Awaited<ReturnType<typeof measureHardware>>) {
+  private constructor (options: NodeOptions, database: Database, libp2p: MetagridLibp2p, metrics: Metrics, privateKey: PrivateKey, uptime: UptimeLog, hardware: Awaited<ReturnType<typeof measureHardware>>, policy: Policy) {
     const { config, logger } = options
     this.config = config
     this.logger = logger
@@ -137,6 +143,42 @@ export class MetagridNode {
     const { served, syncIntervalMs, maxValueBytes, ...storeOptions } = config.shards
     this.replication = new Replication({ libp2p, database, membership: this.mesh.membership, metrics, logger }, { served, syncIntervalMs, ...storeOptions })
 
+    const placement = config.placement
+    this.placement = placement.enabled
+      ? new Placement({
+        libp2p,
+        privateKey,
+        replication: this.replication,
+        mesh: this.mesh,
+        catalog: this.catalog,
+        policy,
+        votes: database.sublevel(SUBLEVELS.placement),
+        metrics,
+        logger
+      }, {
+        world: placement.world,
+        params: { ...defaultPlacementParams, replicas: placement.replicas, epsilon: placement.epsilon, scoreStep: placement.scoreStep, rttScaleMs: placement.rttScaleMs, weights: placement.weights },
+        leaseMs: placement.leaseMs,
+        marginMs: placement.marginMs,
+        tickMs: placement.tickMs,
+        minGain: placement.minGain,
+        minHoldMs: placement.minHoldMs,
+        settleMs: placement.settleMs
+      })
+      : null
+
+    const handoff = this.placement == null
+      ? null
+      : new EntityHandoff({
+        libp2p,
+        replication: this.replication,
+        hostOf: (shard) => this.placement!.hostOf(shard),
+        guardWrite: (shard) => { this.placement!.guardWrite(shard, undefined) },
+        metrics,
+        logger
+      }, { abandonAfterMs: 30_000 })
+    if (handoff != null) this.placement!.setRoundHook(async (held) => handoff.resolve(held))
+
     this.api = createApiServer({ logger, metrics, inFlight: this.inFlight })
     registerNodeRoutes(this.api, {
       libp2p,
@@ -150,7 +192,26 @@ export class MetagridNode {
     registerCatalogRoutes(this.api, { catalog: this.catalog, discovery: this.discovery })
     const nodeId = libp2p.peerId.toString()
     const authorize = tokenAuthorizer({ apiHost: splitHostPort(config.api).host, roots: () => new Set([nodeId]) })
-    registerShardRoutes(this.api, { replication: this.replication, authorize, metrics, maxValueBytes })
+    const placementPart = this.placement
+    registerShardRoutes(this.api, {
+      replication: this.replication,
+      authorize,
+      metrics,
+      maxValueBytes,
+      ...(placementPart != null
+        ? {
+            guardWrite: (shard: string, epoch: number | undefined) => {
+              try {
+                placementPart.guardWrite(shard, epoch)
+              } catch (err) {
+                throw err instanceof NotHostError ? notHost(err) : err
+              }
+            }
+          }
+        : {})
+    })
+    // After the shard routes, so their token and lease checks run on the handoff route too.
+    if (placementPart != null) registerPlacementRoutes(this.api, placementPart, handoff)
 
     const { host, port } = splitHostPort(config.api)
     this.parts = [
@@ -172,6 +233,8 @@ export class MetagridNode {
       { name: 'bootstrap', start: () => bootstrap.start(), stop: () => bootstrap.stop() },
       { name: 'catalog', start: async () => this.catalog.start(), stop: async () => this.catalog.stop() },
       { name: 'replication', start: async () => this.replication.start(), stop: async () => this.replication.stop() },
+      ...(placementPart != null ? [{ name: 'placement', start: async () => placementPart.start(), stop: async () => placementPart.stop() }] : []),
+      ...(handoff != null ? [{ name: 'entity-handoff', start: async () => handoff.start(), stop: async () => handoff.stop() }] : []),
       {
         name: 'api',
         start: async () => {
@@ -221,7 +284,8 @@ export class MetagridNode {
       })
       const uptime = new UptimeLog(database.sublevel(SUBLEVELS.node), { windowMs: config.catalog.reliabilityWindowMs, tickMs: 60_000, now: Date.now })
       const hardware = await measureHardware(config.dataDir)
-      return new MetagridNode(options, database, libp2p, metrics, key, uptime, hardware)
+      const policy = config.placement.policyFile != null ? await Policy.load(config.placement.policyFile) : new Policy()
+      return new MetagridNode(options, database, libp2p, metrics, key, uptime, hardware, policy)
     } catch (err) {
       await database.close()
       throw err

@@ -28,7 +28,9 @@ export const SUBLEVELS = {
   /** The node's own bookkeeping: uptime sessions. */
   node: 'node',
   /** Shard state: a snapshot and a log of deltas per shard. */
-  crdt: 'crdt'
+  crdt: 'crdt',
+  /** Lease votes: the highest epoch this node granted per shard, and to whom. */
+  placement: 'placement'
 } as const
 
 export type SublevelName = typeof SUBLEVELS[keyof typeof SUBLEVELS]

@@ -9,10 +9,13 @@ export class ApiError extends Error {
   override name = 'ApiError'
   readonly statusCode: number
   readonly code: string
-  constructor (statusCode: number, code: string, message: string) {
+  /** Machine-readable context sent beside the code (for example where a shard's host is). */
+  readonly details: Record<string, unknown> | undefined
+  constructor (statusCode: number, code: string, message: string, details?: Record<string, unknown>) {
     super(message)
     this.statusCode = statusCode
     this.code = code
+    this.details = details
   }
 }
 
@@ -20,7 +23,7 @@ export const badRequest = (code: string, message: string): ApiError => new ApiEr
 export const notFound = (code: string, message: string): ApiError => new ApiError(404, code, message)
 
 /** Parses request input with a zod schema; the first problem becomes a 400 naming the field. */
-export function parseInput<T extends z.ZodType> (schema: T, value: unknown, where: 'query' | 'body' | 'params'): z.infer<T> {
+export function parseInput<T extends z.ZodType> (schema: T, value: unknown, where: 'query' | 'body' | 'params' | 'headers'): z.infer<T> {
   const result = schema.safeParse(value)
   if (result.success) return result.data
   const issue = result.error.issues[0]
@@ -42,8 +45,8 @@ const STATUS_CODES: Record<number, string> = {
 }
 
 /** The code and status for any error thrown while handling a request. */
-export function classify (err: unknown): { statusCode: number, code: string, message: string } {
-  if (err instanceof ApiError) return { statusCode: err.statusCode, code: err.code, message: err.message }
+export function classify (err: unknown): { statusCode: number, code: string, message: string, details?: Record<string, unknown> } {
+  if (err instanceof ApiError) return { statusCode: err.statusCode, code: err.code, message: err.message, ...(err.details != null ? { details: err.details } : {}) }
   const { statusCode, code, message } = err as { statusCode?: number, code?: string, message?: string }
   if (typeof statusCode === 'number' && statusCode >= 400 && statusCode < 500) {
     // fastify's own refusals: bad JSON, wrong content type, body too large.

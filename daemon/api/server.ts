@@ -50,14 +50,14 @@ export function createApiServer (components: ApiServerComponents, options: ApiSe
   })
 
   app.setErrorHandler(async (err, request, reply) => {
-    const { statusCode, code, message } = classify(err)
+    const { statusCode, code, message, details } = classify(err)
     metrics?.apiErrors.inc({ code })
-    if (statusCode >= 500) {
+    if (statusCode >= 500 && code === 'INTERNAL') {
       log.error({ code: 'API_INTERNAL', err, method: request.method, url: request.url }, 'request failed')
     } else {
       log.debug({ code, method: request.method, url: request.url, reason: message }, 'request refused')
     }
-    return reply.status(statusCode).type('application/json').send({ error: { code, message } })
+    return reply.status(statusCode).type('application/json').send({ error: { code, message, ...details } })
   })
 
   app.setNotFoundHandler(async (request, reply) => {

@@ -37,6 +37,8 @@ function exitCodeFor (err: unknown): ExitCodeValue {
       return ExitCode.DATA_DIR
     case 'AddressInUseError':
       return ExitCode.ADDRESS
+    case 'PolicyError':
+      return ExitCode.USAGE
     default:
       return (err as NodeJS.ErrnoException).code === 'EACCES' ? ExitCode.DATA_DIR : ExitCode.FAILURE
   }

@@ -8,6 +8,7 @@
 import { homedir } from 'node:os'
 import { join } from 'node:path'
 import { z } from 'zod'
+import { worldSchema } from '../../p2p/placement/world.ts'
 import { capabilityTag, isMultiaddr, nonNegative, regionCode } from '../../p2p/catalog/descriptor.ts'
 
 const multiaddrString = z.string().refine(isMultiaddr, {
@@ -138,6 +139,40 @@ const shardsSchema = z.strictObject({
   maxValueBytes: z.int().min(64).max(1_048_576).default(65_536)
 })
 
+const placementSchema = z.strictObject({
+  /** Run decentralized placement: world shards get a host and replicas, with leases. Off: only `shards.served` is replicated. */
+  enabled: z.boolean().default(true),
+  world: worldSchema.prefault({}),
+  /** A JSON rule file constraining who may host which shards (see the README's placement section). */
+  policyFile: z.string().min(1).optional(),
+  /** Replicas per shard besides the host. */
+  replicas: z.int().min(0).max(15).default(2),
+  /** Load bound: no node hosts more than (1 + epsilon) times the mean number of shards. */
+  epsilon: z.number().min(0).max(10).default(0.25),
+  /** Width of a score bucket; candidates within one are ordered by rendezvous hash. */
+  scoreStep: z.number().min(0.001).max(10).default(0.25),
+  /** An estimated RTT to a shard's players of this many ms or more scores 0 on closeness. */
+  rttScaleMs: z.number().min(1).max(10_000).default(200),
+  weights: z.strictObject({
+    rtt: z.number().min(0).max(100).default(1),
+    headroom: z.number().min(0).max(100).default(0.5),
+    reliability: z.number().min(0).max(100).default(0.5),
+    cost: z.number().min(0).max(100).default(0.25)
+  }).prefault({}),
+  /** A lease runs this long; the holder renews at a third of it. Failover after a crash takes about this long. */
+  leaseMs: z.int().min(1_000).max(3_600_000).default(15_000),
+  /** Clock difference tolerated between nodes: a holder stops this long before its lease expires, voters wait this long after. */
+  marginMs: z.int().min(0).max(60_000).default(1_000),
+  /** How often placement is recomputed and leases are looked after. */
+  tickMs: z.int().min(100).max(60_000).default(1_000),
+  /** Score gain a planned move must bring (hysteresis). */
+  minGain: z.number().min(0).max(100).default(0.2),
+  /** A host keeps a shard at least this long before a planned move (hysteresis). */
+  minHoldMs: z.int().min(0).max(86_400_000).default(60_000),
+  /** After start, shards with no lease are left alone this long so the lease table arrives from peers first. */
+  settleMs: z.int().min(0).max(600_000).default(5_000)
+}).refine((p) => p.marginMs * 3 < p.leaseMs, { error: 'placement.marginMs must be under a third of placement.leaseMs' })
+
 export const configSchema = z.strictObject({
   dataDir: z.string().min(1),
   listen: z.array(multiaddrString).min(1, { error: 'expected at least one listen multiaddr' }),
@@ -155,7 +190,8 @@ export const configSchema = z.strictObject({
   probes: probesSchema.prefault({}),
   membership: membershipSchema.prefault({}),
   catalog: catalogSchema.prefault({}),
-  shards: shardsSchema.prefault({})
+  shards: shardsSchema.prefault({}),
+  placement: placementSchema.prefault({})
 })
 
 export type Config = z.infer<typeof configSchema>

@@ -63,6 +63,8 @@ export interface ReplicationEvents {
   change: CustomEvent<ShardChange>
 }
 
+export type Fence = (shard: string, origin: string) => 'ok' | 'stale' | 'unknown'
+
 export class UnknownShardError extends Error {
   static override name = 'UnknownShardError'
   override name = 'UnknownShardError'
@@ -74,6 +76,8 @@ export class Replication extends TypedEventEmitter<ReplicationEvents> {
   private readonly limits: SyncLimits
   private readonly log: Logger
   private readonly shards = new Map<string, ShardStore>()
+  private readonly opening = new Map<string, Promise<ShardStore>>()
+  private fence: Fence = () => 'ok'
   private readonly badPeers = new Map<string, number>()
   /** Sessions wanted soon, per (shard, peer), debounced. */
   private readonly wanted = new Map<string, NodeJS.Timeout>()
@@ -102,39 +106,68 @@ export class Replication extends TypedEventEmitter<ReplicationEvents> {
 
   /** Opens every served shard from disk; run before the network starts so the API never sees half-loaded state. */
   async open (): Promise<void> {
+    for (const shard of this.options.served) await this.openStore(shard)
+  }
+
+  private async openStore (shard: string): Promise<ShardStore> {
     const db = this.components.database.sublevel(SUBLEVELS.crdt)
     const replica = this.components.libp2p.peerId.toString()
-    for (const shard of this.options.served) {
-      const { store, recovery } = await ShardStore.open(shard, replica, db, this.options, this.components.logger)
-      if (recovery.cut > 0) {
-        this.components.metrics?.crdtLogCut.inc(recovery.cut)
-        this.log.warn({ code: 'LOG_TAIL_CUT', shard, cut: recovery.cut, kept: recovery.records }, 'cut a corrupt shard log tail; peers will resend what it held')
-      }
-      this.log.info({ shard, records: recovery.records, snapshotBytes: recovery.snapshotBytes, entities: store.doc.entityIds().length }, 'shard loaded')
-      store.addEventListener('delta', (event) => { void this.publish(shard, event.detail.bytes) })
-      store.addEventListener('change', (event) => { this.safeDispatchEvent('change', { detail: { shard, result: event.detail.result, local: event.detail.local } }) })
-      this.shards.set(shard, store)
+    const { store, recovery } = await ShardStore.open(shard, replica, db, this.options, this.components.logger)
+    if (recovery.cut > 0) {
+      this.components.metrics?.crdtLogCut.inc(recovery.cut)
+      this.log.warn({ code: 'LOG_TAIL_CUT', shard, cut: recovery.cut, kept: recovery.records }, 'cut a corrupt shard log tail; peers will resend what it held')
     }
+    this.log.info({ shard, records: recovery.records, snapshotBytes: recovery.snapshotBytes, entities: store.doc.entityIds().length }, 'shard loaded')
+    store.addEventListener('delta', (event) => { void this.publish(shard, event.detail.bytes) })
+    store.addEventListener('change', (event) => { this.safeDispatchEvent('change', { detail: { shard, result: event.detail.result, local: event.detail.local } }) })
+    this.shards.set(shard, store)
+    return store
+  }
+
+  /**
+   * Starts replicating a shard at runtime (placement made this node its host
+   * or a replica): opens it from disk, subscribes, and syncs with the peers
+   * already connected. Concurrent calls for one shard share one opening.
+   */
+  async ensure (shard: string): Promise<ShardStore> {
+    const open = this.shards.get(shard)
+    if (open != null) return open
+    let opening = this.opening.get(shard)
+    if (opening == null) {
+      opening = (async () => {
+        const store = await this.openStore(shard)
+        if (this.running) {
+          this.attach(shard, store)
+          for (const connection of this.components.libp2p.getConnections()) this.want(shard, connection.remotePeer, 300)
+        }
+        return store
+      })().finally(() => this.opening.delete(shard))
+      this.opening.set(shard, opening)
+    }
+    return opening
+  }
+
+  private attach (shard: string, store: ShardStore): void {
+    const { libp2p, metrics } = this.components
+    const pubsub = libp2p.services.pubsub
+    const topic = shardTopic(shard)
+    pubsub.topicValidators.set(topic, topicValidator({
+      topicLabel: 'shard',
+      validate: (message, source) => this.validateDelta(store, message.data, message.from, source),
+      onAccept: (patch, message) => {
+        metrics?.crdtDeltaBytes.inc({ direction: 'received', path: 'gossip' }, message.data.byteLength)
+        void this.applyRemote(store, patch, message.data)
+      },
+      metrics,
+      logger: this.log
+    }))
+    pubsub.subscribe(topic)
   }
 
   async start (): Promise<void> {
-    const { libp2p, metrics } = this.components
+    const { libp2p } = this.components
     this.running = true
-    const pubsub = libp2p.services.pubsub
-    for (const [shard, store] of this.shards) {
-      const topic = shardTopic(shard)
-      pubsub.topicValidators.set(topic, topicValidator({
-        topicLabel: 'shard',
-        validate: (message, source) => this.validateDelta(store, message.data, message.from, source),
-        onAccept: (patch, message) => {
-          metrics?.crdtDeltaBytes.inc({ direction: 'received', path: 'gossip' }, message.data.byteLength)
-          void this.applyRemote(store, patch, message.data)
-        },
-        metrics,
-        logger: this.log
-      }))
-      pubsub.subscribe(topic)
-    }
+    for (const [shard, store] of this.shards) this.attach(shard, store)
     await libp2p.handle(SYNC_PROTOCOL, async (stream, connection) => { await this.answer(stream, connection.remotePeer) },
       { maxInboundStreams: MAX_SYNC_STREAMS, maxOutboundStreams: MAX_SYNC_STREAMS })
     libp2p.addEventListener('peer:identify', this.onIdentify as never)
@@ -163,6 +196,15 @@ export class Replication extends TypedEventEmitter<ReplicationEvents> {
     for (const store of this.shards.values()) await store.close()
   }
 
+  /**
+   * Decides whose gossiped deltas a shard accepts (placement installs it):
+   * `ok`, `stale` (an older epoch's holder: rejected) or `unknown` (ignored
+   * until the lease arrives; anti-entropy fills the gap). Default: everyone.
+   */
+  setFence (fence: Fence): void {
+    this.fence = fence
+  }
+
   shard (id: string): ShardStore {
     const store = this.shards.get(id)
     if (store == null) throw new UnknownShardError(`this node does not serve shard ${id}`)
@@ -185,6 +227,10 @@ export class Replication extends TypedEventEmitter<ReplicationEvents> {
     if (patch.kind !== 'delta') throw reject('NOT_A_DELTA', 'only deltas are gossiped')
     // A peer publishes only its own writes; gossipsub has checked that `from` signed the message.
     if (patch.origin !== from.toString()) throw reject('FORGED', `delta of ${patch.origin} published by ${from.toString()}`)
+    // Host-authoritative shards take writes from the lease holder only; a superseded holder is fenced off.
+    const fence = this.fence(store.shard, patch.origin)
+    if (fence === 'stale') throw reject('STALE_EPOCH', `${patch.origin} no longer holds the lease of ${store.shard}`)
+    if (fence === 'unknown') throw ignore('NOT_HOLDER', `${patch.origin} holds no lease of ${store.shard} that this node knows of`)
     const context = store.doc.context
     if (context.hasRange(patch.origin, patch.from!, patch.to!)) throw ignore('DUPLICATE', 'every operation already applied')
     // Operations of this origin before the delta that we never saw: a gap only anti-entropy can fill.

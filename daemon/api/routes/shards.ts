@@ -47,7 +47,12 @@ export interface ShardRouteComponents {
   authorize: Authorize
   metrics: Metrics | null
   maxValueBytes: number
+  /** Refuses a write this node may not take under the lease rules (placement.ts), before anything is read or written. */
+  guardWrite?: (shard: string, epoch: number | undefined) => void
 }
+
+/** Clients of host-authoritative shards name the lease epoch they believe in; a write under an older one is refused. */
+const epochHeader = z.coerce.number().int().min(1).optional()
 
 interface Subscriber {
   reply: FastifyReply
@@ -117,6 +122,10 @@ export function registerShardRoutes (app: FastifyInstance, deps: ShardRouteCompo
     if (!url.startsWith('/v1/shards/')) return
     const { shard } = request.params as { shard?: string }
     await deps.authorize(request, `shard:${shard ?? ''}`, 'write')
+    if (deps.guardWrite != null && shard != null) {
+      const epoch = parseInput(epochHeader, request.headers['x-metagrid-epoch'], 'headers')
+      deps.guardWrite(shard, epoch)
+    }
   })
 
   replication.addEventListener('change', (event) => {

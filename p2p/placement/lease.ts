@@ -1,0 +1,243 @@
+/**
+ * Leases: who hosts a shard, at which epoch, until when — safe without a
+ * central authority.
+ *
+ * A claimant signs a lease statement `{ shard, epoch, holder, voters, prev,
+ * expiresAt, startedAt }` and asks the voters (its chosen replicas and
+ * itself) and the previous lease's voters (`prev`) to grant it. Each voter
+ * keeps one durable promise per shard — the highest epoch it granted and to
+ * whom — and grants:
+ *
+ * - a renewal: same epoch, same holder;
+ * - a new epoch: only once the lease it promised has expired on its own clock
+ *   (plus a skew margin), or when that lease's holder signed a release for it
+ *   (a planned handoff). Never a second holder for an epoch it granted.
+ *
+ * A lease is valid with grants from a majority of `voters` *and* a majority of
+ * `prev` (joint consensus, as in Raft's membership change): two claims for one
+ * epoch would need one voter of the previous set to grant twice, which its
+ * promise forbids. So there are never two valid holders for one epoch. The
+ * epoch is the fencing token: replicas refuse the writes of an older epoch's
+ * holder, and a holder stops serving `marginMs` before its lease expires.
+ *
+ * The genesis lease of a shard (no previous lease) has no `prev`; two nodes
+ * with very different views could each win epoch 1 from disjoint voter sets.
+ * The table then keeps both and readers pick one deterministically (see
+ * `LeaseTable`), and the loser steps down when it sees the winner.
+ */
+import * as dagCbor from '@ipld/dag-cbor'
+import { z } from 'zod'
+import { CheckError } from '../../attest/envelope.ts'
+import { signStatement, StatementError, verifyStatement } from '../../attest/statement.ts'
+import type { Sublevel } from '../../storage/database.ts'
+import type { PrivateKey } from '@libp2p/interface'
+
+export const LEASE_TYPE = 'metagrid.lease/v1'
+export const GRANT_TYPE = 'metagrid.lease-grant/v1'
+export const RELEASE_TYPE = 'metagrid.lease-release/v1'
+
+/** A lease statement's own signature window; the lease's validity is `expiresAt` inside it. */
+const STATEMENT_WINDOW_MS = 365 * 86_400_000
+const MAX_VOTERS = 16
+const peer = z.string().min(1).max(128)
+
+export const leasePredicate = z.strictObject({
+  shard: z.string().min(1).max(64),
+  epoch: z.int().min(1),
+  holder: peer,
+  voters: z.array(peer).min(1).max(MAX_VOTERS),
+  prev: z.array(peer).max(MAX_VOTERS),
+  expiresAt: z.int().min(0),
+  /** When this epoch began (kept through renewals): hysteresis counts from here. */
+  startedAt: z.int().min(0)
+})
+const grantPredicate = z.strictObject({ shard: z.string().min(1).max(64), epoch: z.int().min(1), holder: peer, expiresAt: z.int().min(0) })
+const releasePredicate = z.strictObject({ shard: z.string().min(1).max(64), epoch: z.int().min(1), to: peer })
+
+export type LeaseTerms = z.infer<typeof leasePredicate>
+export type Release = z.infer<typeof releasePredicate>
+
+export type LeaseCheck = 'encoding' | 'lease' | 'holder' | 'grant' | 'quorum' | 'release'
+
+export class LeaseError extends CheckError<LeaseCheck> {
+  static override name = 'LeaseError'
+  override name = 'LeaseError'
+}
+
+export interface VerifiedLease extends LeaseTerms {
+  /** The record as stored in the table (lease statement plus grants). */
+  record: Uint8Array
+}
+
+function statementWindow (now: number): { issuedAt: number, notBefore: number, expiresAt: number } {
+  return { issuedAt: now, notBefore: now, expiresAt: now + STATEMENT_WINDOW_MS }
+}
+
+export async function signLease (key: PrivateKey, terms: LeaseTerms, now: number): Promise<Uint8Array> {
+  return signStatement(key, { type: LEASE_TYPE, subjects: [{ id: terms.shard }], predicate: terms, ...statementWindow(now) })
+}
+
+export async function signRelease (key: PrivateKey, release: Release, now: number): Promise<Uint8Array> {
+  return signStatement(key, { type: RELEASE_TYPE, subjects: [{ id: release.shard }], predicate: release, ...statementWindow(now) })
+}
+
+async function signGrant (key: PrivateKey, terms: LeaseTerms, now: number): Promise<Uint8Array> {
+  const predicate = { shard: terms.shard, epoch: terms.epoch, holder: terms.holder, expiresAt: terms.expiresAt }
+  return signStatement(key, { type: GRANT_TYPE, subjects: [{ id: terms.shard }], predicate, ...statementWindow(now) })
+}
+
+/** Opens a holder-signed lease statement (not yet a valid lease: no grants). */
+export async function openLeaseStatement (bytes: Uint8Array, now: number): Promise<LeaseTerms> {
+  let statement
+  try {
+    statement = await verifyStatement(bytes, { type: LEASE_TYPE, predicate: leasePredicate, now })
+  } catch (err) {
+    if (err instanceof StatementError) throw new LeaseError('lease', `${err.check}: ${err.detail}`)
+    throw err
+  }
+  const terms = statement.predicate
+  if (statement.signer.toString() !== terms.holder) throw new LeaseError('holder', `lease names ${terms.holder} but is signed by ${statement.signer.toString()}`)
+  if (new Set(terms.voters).size !== terms.voters.length || !terms.voters.includes(terms.holder)) throw new LeaseError('lease', 'voters must be distinct and include the holder')
+  return terms
+}
+
+export async function openRelease (bytes: Uint8Array, now: number): Promise<Release & { signer: string }> {
+  try {
+    const statement = await verifyStatement(bytes, { type: RELEASE_TYPE, predicate: releasePredicate, now })
+    return { ...statement.predicate, signer: statement.signer.toString() }
+  } catch (err) {
+    if (err instanceof StatementError) throw new LeaseError('release', `${err.check}: ${err.detail}`)
+    throw err
+  }
+}
+
+export function encodeLeaseRecord (lease: Uint8Array, grants: Uint8Array[]): Uint8Array {
+  return dagCbor.encode({ l: lease, g: grants })
+}
+
+function majority (set: readonly string[], granted: ReadonlySet<string>): boolean {
+  return set.filter((p) => granted.has(p)).length * 2 > set.length
+}
+
+/** Verifies a lease record: the holder's signature and a majority of valid grants from `voters` and from `prev`. */
+export async function verifyLeaseRecord (record: Uint8Array, now: number): Promise<VerifiedLease> {
+  let decoded: unknown
+  try {
+    decoded = dagCbor.decode(record)
+  } catch {
+    throw new LeaseError('encoding', 'record is not DAG-CBOR')
+  }
+  const { l, g } = (decoded ?? {}) as { l?: unknown, g?: unknown }
+  if (!(l instanceof Uint8Array) || !Array.isArray(g) || g.length > 2 * MAX_VOTERS || !g.every((x) => x instanceof Uint8Array)) {
+    throw new LeaseError('encoding', 'record fields missing or mistyped')
+  }
+  const terms = await openLeaseStatement(l, now)
+  const electorate = new Set([...terms.voters, ...terms.prev])
+  const granted = new Set<string>()
+  for (const bytes of g as Uint8Array[]) {
+    let grant
+    try {
+      grant = await verifyStatement(bytes, { type: GRANT_TYPE, predicate: grantPredicate, now })
+    } catch (err) {
+      if (err instanceof StatementError) throw new LeaseError('grant', `${err.check}: ${err.detail}`)
+      throw err
+    }
+    const signer = grant.signer.toString()
+    const p = grant.predicate
+    if (!electorate.has(signer)) throw new LeaseError('grant', `grant by ${signer}, who is not a voter`)
+    if (p.shard !== terms.shard || p.epoch !== terms.epoch || p.holder !== terms.holder || p.expiresAt < terms.expiresAt) {
+      throw new LeaseError('grant', `grant by ${signer} is for another lease`)
+    }
+    granted.add(signer)
+  }
+  if (!majority(terms.voters, granted)) throw new LeaseError('quorum', `${granted.size} grants; a majority of ${terms.voters.length} voters is needed`)
+  if (terms.prev.length > 0 && !majority(terms.prev, granted)) throw new LeaseError('quorum', `a majority of the ${terms.prev.length} previous voters is needed`)
+  return { ...terms, record }
+}
+
+export type VoteRefusal = 'STALE_EPOCH' | 'EPOCH_TAKEN' | 'HELD' | 'BAD_LEASE' | 'TOO_LONG'
+
+export type Vote = { ok: true, grant: Uint8Array } | { ok: false, code: VoteRefusal, detail: string, epoch: number, holder: string | null }
+
+interface Promise_ { epoch: number, holder: string, expiresAt: number }
+
+export interface VoterOptions {
+  /** A lease longer than this from now is refused: nobody may take a shard for a year. */
+  maxLeaseMs: number
+  /** Clock difference tolerated between voters and holders; a new epoch is granted this long after the old one expired. */
+  marginMs: number
+}
+
+/**
+ * One node's votes, persisted before they are sent: a voter that crashes and
+ * restarts still remembers every promise, so it never grants one epoch twice.
+ */
+export class LeaseVoter {
+  private readonly queue = new Map<string, Promise<unknown>>()
+  private readonly db: Sublevel
+  private readonly key: PrivateKey
+  private readonly options: VoterOptions
+  private readonly now: () => number
+
+  constructor (db: Sublevel, key: PrivateKey, options: VoterOptions, now: () => number = Date.now) {
+    this.db = db
+    this.key = key
+    this.options = options
+    this.now = now
+  }
+
+  async promised (shard: string): Promise<Promise_ | undefined> {
+    const raw = await this.db.get(`promise/${shard}`)
+    return raw == null ? undefined : JSON.parse(Buffer.from(raw).toString('utf8')) as Promise_
+  }
+
+  /** Decides on a signed lease claim; `release` is the previous holder's signed release, for a handoff. */
+  async vote (lease: Uint8Array, release?: Uint8Array): Promise<Vote> {
+    const now = this.now()
+    let terms: LeaseTerms
+    try {
+      terms = await openLeaseStatement(lease, now)
+    } catch (err) {
+      if (err instanceof LeaseError) return { ok: false, code: 'BAD_LEASE', detail: err.message, epoch: 0, holder: null }
+      throw err
+    }
+    if (terms.expiresAt > now + this.options.maxLeaseMs + this.options.marginMs) {
+      return { ok: false, code: 'TOO_LONG', detail: `lease runs ${terms.expiresAt - now} ms; at most ${this.options.maxLeaseMs}`, epoch: terms.epoch, holder: null }
+    }
+    let releasedBy: string | undefined
+    if (release != null) {
+      try {
+        const r = await openRelease(release, now)
+        if (r.shard === terms.shard && r.to === terms.holder && r.epoch === terms.epoch - 1) releasedBy = r.signer
+      } catch (err) {
+        if (!(err instanceof LeaseError)) throw err
+      }
+    }
+    // One decision per shard at a time: read, decide and persist without interleaving.
+    const previous = this.queue.get(terms.shard) ?? Promise.resolve()
+    const decision = previous.then(async () => this.decide(terms, now, releasedBy))
+    const tail = decision.catch(() => {})
+    this.queue.set(terms.shard, tail)
+    void tail.then(() => { if (this.queue.get(terms.shard) === tail) this.queue.delete(terms.shard) })
+    return decision
+  }
+
+  private async decide (terms: LeaseTerms, now: number, releasedBy: string | undefined): Promise<Vote> {
+    const promise = await this.promised(terms.shard)
+    if (promise != null) {
+      const refuse = (code: VoteRefusal, detail: string): Vote => ({ ok: false, code, detail, epoch: promise.epoch, holder: promise.holder })
+      if (terms.epoch < promise.epoch) return refuse('STALE_EPOCH', `epoch ${promise.epoch} was already granted`)
+      if (terms.epoch === promise.epoch && terms.holder !== promise.holder) return refuse('EPOCH_TAKEN', `epoch ${promise.epoch} belongs to ${promise.holder}`)
+      if (terms.epoch > promise.epoch) {
+        const lapsed = now > promise.expiresAt + this.options.marginMs
+        const released = releasedBy === promise.holder && terms.epoch === promise.epoch + 1
+        if (!lapsed && !released && promise.holder !== terms.holder) {
+          return refuse('HELD', `held by ${promise.holder} at epoch ${promise.epoch} for ${promise.expiresAt - now} ms more`)
+        }
+      }
+    }
+    const next: Promise_ = { epoch: terms.epoch, holder: terms.holder, expiresAt: Math.max(terms.expiresAt, promise?.epoch === terms.epoch ? promise.expiresAt : 0) }
+    await this.db.put(`promise/${terms.shard}`, Buffer.from(JSON.stringify(next)))
+    return { ok: true, grant: await signGrant(this.key, terms, now) }
+  }
+}

@@ -1,0 +1,98 @@
+import * as dagCbor from '@ipld/dag-cbor'
+import { generateKeyPair } from '@libp2p/crypto/keys'
+import { peerIdFromPrivateKey } from '@libp2p/peer-id'
+import { afterEach, describe, expect, it } from 'vitest'
+import { encodeLeaseRecord, LeaseError, LeaseVoter, signLease, signRelease, verifyLeaseRecord, type LeaseTerms, type Vote } from '../../p2p/placement/lease.ts'
+import { Database } from '../../storage/database.ts'
+import { makeTempDir } from '../helpers/daemons.ts'
+import type { PrivateKey } from '@libp2p/interface'
+
+const LEASE_MS = 10_000
+const opened: Database[] = []
+afterEach(async () => { for (const db of opened.splice(0)) await db.close() })
+
+async function node (dir?: string): Promise<{ key: PrivateKey, id: string, dir: string, db: Database }> {
+  const key = await generateKeyPair('Ed25519')
+  const where = dir ?? await makeTempDir('metagrid-lease-')
+  const db = await Database.open(where)
+  opened.push(db)
+  return { key, id: peerIdFromPrivateKey(key).toString(), dir: where, db }
+}
+
+function voterOf (n: { key: PrivateKey, db: Database }, now: () => number): LeaseVoter {
+  return new LeaseVoter(n.db.sublevel('placement'), n.key, { maxLeaseMs: LEASE_MS, marginMs: 500 }, now)
+}
+
+const grants = (votes: Vote[]): Uint8Array[] => votes.flatMap((v) => (v.ok ? [v.grant] : []))
+
+describe('leases', () => {
+  it('a voter grants one holder per epoch, renewals to that holder, and a new epoch only after expiry or a release', async () => {
+    let now = 1_000_000
+    const [a, b, v] = [await node(), await node(), await node()]
+    const voter = voterOf(v, () => now)
+    const terms = (holder: string, epoch: number, extra: Partial<LeaseTerms> = {}): LeaseTerms => ({ shard: 'physics.0.0', epoch, holder, voters: [holder], prev: [], expiresAt: now + LEASE_MS, startedAt: now, ...extra })
+    expect((await voter.vote(await signLease(a.key, terms(a.id, 1), now))).ok).toBe(true)
+    const taken = await voter.vote(await signLease(b.key, terms(b.id, 1), now))
+    expect(taken).toMatchObject({ ok: false, code: 'EPOCH_TAKEN', epoch: 1, holder: a.id })
+    expect(await voter.vote(await signLease(b.key, terms(b.id, 2), now))).toMatchObject({ ok: false, code: 'HELD' })
+    expect((await voter.vote(await signLease(a.key, terms(a.id, 1), now))).ok).toBe(true)
+    // A release by the holder lets the named successor in at once.
+    const release = await signRelease(a.key, { shard: 'physics.0.0', epoch: 1, to: b.id }, now)
+    expect((await voter.vote(await signLease(b.key, terms(b.id, 2), now), release)).ok).toBe(true)
+    expect(await voter.vote(await signLease(a.key, terms(a.id, 1), now))).toMatchObject({ ok: false, code: 'STALE_EPOCH', epoch: 2 })
+    // After expiry plus the margin, the next epoch is anyone's.
+    now += LEASE_MS + 501
+    expect((await voter.vote(await signLease(a.key, terms(a.id, 3), now))).ok).toBe(true)
+    expect(await voter.vote(await signLease(a.key, terms(a.id, 4, { expiresAt: now + 10 * LEASE_MS }), now))).toMatchObject({ ok: false, code: 'TOO_LONG' })
+    // A release signed by someone else, or for another epoch, does not count.
+    const forged = await signRelease(b.key, { shard: 'physics.0.0', epoch: 3, to: b.id }, now)
+    expect(await voter.vote(await signLease(b.key, terms(b.id, 4), now), forged)).toMatchObject({ ok: false, code: 'HELD' })
+  })
+
+  it('remembers its promises across a restart', async () => {
+    const now = 5_000_000
+    const [a, b] = [await node(), await node()]
+    const v = await node()
+    const t = (holder: string): LeaseTerms => ({ shard: 's', epoch: 1, holder, voters: [holder], prev: [], expiresAt: now + LEASE_MS, startedAt: now })
+    expect((await voterOf(v, () => now).vote(await signLease(a.key, t(a.id), now))).ok).toBe(true)
+    await v.db.close()
+    opened.splice(opened.indexOf(v.db), 1)
+    const reopened = await Database.open(v.dir)
+    opened.push(reopened)
+    expect(await voterOf({ key: v.key, db: reopened }, () => now).vote(await signLease(b.key, t(b.id), now))).toMatchObject({ ok: false, code: 'EPOCH_TAKEN' })
+  })
+
+  it('a record is valid with a majority of voters and of previous voters, and names the failing check otherwise', async () => {
+    const now = Date.now()
+    const nodes = await Promise.all([0, 1, 2, 3, 4].map(async () => node()))
+    const [h, x, y, p1, p2] = nodes
+    const voters = [h!.id, x!.id, y!.id]
+    const terms: LeaseTerms = { shard: 'w.1.1', epoch: 2, holder: h!.id, voters, prev: [p1!.id, p2!.id, x!.id], expiresAt: now + LEASE_MS, startedAt: now }
+    const lease = await signLease(h!.key, terms, now)
+    const votes = await Promise.all(nodes.map(async (n) => voterOf(n, () => now).vote(lease)))
+    const all = grants(votes)
+    expect((await verifyLeaseRecord(encodeLeaseRecord(lease, all), now)).holder).toBe(h!.id)
+    // Holder and x: a majority of voters, but of prev only x: refused.
+    const check = async (record: Uint8Array): Promise<string> => verifyLeaseRecord(record, now).then(() => 'valid', (err: unknown) => (err instanceof LeaseError ? err.check : 'other'))
+    expect(await check(encodeLeaseRecord(lease, [all[0]!, all[1]!]))).toBe('quorum')
+    expect(await check(encodeLeaseRecord(lease, [all[0]!, all[3]!, all[4]!]))).toBe('quorum')
+    // Every field of the lease tampered: the signature check fails.
+    for (const field of ['shard', 'epoch', 'holder', 'voters', 'prev', 'expiresAt', 'startedAt'] as const) {
+      const envelope = dagCbor.decode(lease) as Record<string, Uint8Array>
+      const payload = dagCbor.decode(envelope.p!) as { p: Record<string, unknown> }
+      const value = payload.p[field]
+      payload.p[field] = typeof value === 'number' ? value + 1 : Array.isArray(value) ? [...value, x!.id].slice(1) : `${String(value)}x`
+      const tampered = dagCbor.encode({ ...envelope, p: dagCbor.encode(payload) })
+      expect(await check(encodeLeaseRecord(tampered, all)), field).toBe('lease')
+    }
+    // A grant for another lease, or by a non-voter, is refused by name.
+    const other = await signLease(h!.key, { ...terms, epoch: 3 }, now)
+    const strayGrant = grants([await voterOf(await node(), () => now).vote(other)])
+    expect(await check(encodeLeaseRecord(lease, [...all, ...strayGrant]))).toBe('grant')
+    const outsider = await node()
+    expect(await check(encodeLeaseRecord(lease, [...all, ...grants([await voterOf(outsider, () => now).vote(lease)])]))).toBe('grant')
+    expect(await check(new Uint8Array([1, 2, 3]))).toBe('encoding')
+    // A lease signed by someone other than the holder it names.
+    expect(await check(encodeLeaseRecord(await signLease(x!.key, terms, now), all))).toBe('holder')
+  })
+})
