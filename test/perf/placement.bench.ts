@@ -1,0 +1,161 @@
+/**
+ * Placement: how many shards move when a node joins or leaves (against the
+ * ideal 1/N), the max/mean load, and the time to compute an assignment — for
+ * metagrid's bounded-load rendezvous beside plain rendezvous hashing and
+ * modulo hashing in the same run — and the failover time after a host is
+ * killed on a real 4-daemon testbed.
+ */
+import { assign, defaultPlacementParams, hash32, rendezvous, type Candidate } from '../../p2p/placement/assign.ts'
+import { Policy } from '../../p2p/placement/policy.ts'
+import { World, worldSchema, type ShardInfo } from '../../p2p/placement/world.ts'
+import { pickCities } from '../testbed/geo.ts'
+import { Testbed } from '../testbed/testbed.ts'
+import { sleep, summary } from './harness.ts'
+import type { PlacementView } from '../../p2p/placement/placement.ts'
+
+type Hosts = Map<string, string>
+
+function candidates (n: number, offset = 0): Candidate[] {
+  return Array.from({ length: n }, (_, i) => ({
+    peerId: `12D3KooWbench${(i + offset).toString(36).padStart(6, '0')}`,
+    region: null, operator: null, tags: new Set<string>(), trusted: true, cost: 1, reliability: 1, headroom: 1, coordinate: null
+  }))
+}
+
+function world (shards: number): ShardInfo[] {
+  const side = Math.ceil(Math.sqrt(shards))
+  return new World(worldSchema.parse({ maxX: side, maxY: side, cellSize: 1, layers: [{ name: 'w', consistency: 'host' }] })).all().slice(0, shards)
+}
+
+const strategies: Record<string, (shards: ShardInfo[], nodes: Candidate[]) => Hosts> = {
+  'metagrid (rendezvous, bounded loads ε=0.25)': (shards, nodes) => new Map([...assign(shards, nodes, new Policy(), { ...defaultPlacementParams, replicas: 0 })].map(([s, a]) => [s, a.host!])),
+  'rendezvous (unbounded)': (shards, nodes) => {
+    const hashes = nodes.map((n) => hash32(n.peerId))
+    return new Map(shards.map((s) => {
+      const h = hash32(s.id)
+      let best = 0
+      for (let i = 1; i < nodes.length; i++) if (rendezvous(h, hashes[i]!) > rendezvous(h, hashes[best]!)) best = i
+      return [s.id, nodes[best]!.peerId]
+    }))
+  },
+  'modulo hashing': (shards, nodes) => {
+    const sorted = [...nodes].sort((a, b) => (a.peerId < b.peerId ? -1 : 1))
+    return new Map(shards.map((s) => [s.id, sorted[hash32(s.id) % sorted.length]!.peerId]))
+  }
+}
+
+function moved (a: Hosts, b: Hosts): number {
+  let count = 0
+  for (const [shard, host] of a) if (b.get(shard) !== host) count++
+  return count / a.size
+}
+
+function maxOverMean (hosts: Hosts, n: number): number {
+  const counts = new Map<string, number>()
+  for (const host of hosts.values()) counts.set(host, (counts.get(host) ?? 0) + 1)
+  return Number((Math.max(...counts.values()) / (hosts.size / n)).toFixed(3))
+}
+
+function churn (shardCount: number, n: number): Record<string, unknown> {
+  const shards = world(shardCount)
+  const base = candidates(n)
+  const joined = [...base, ...candidates(1, 1_000_000)]
+  const left = base.slice(1)
+  const rows: Record<string, unknown> = {}
+  for (const [name, strategy] of Object.entries(strategies)) {
+    const before = strategy(shards, base)
+    rows[name] = {
+      movedOnJoin: Number(moved(before, strategy(shards, joined)).toFixed(4)),
+      movedOnLeave: Number(moved(before, strategy(shards, left)).toFixed(4)),
+      maxOverMean: maxOverMean(before, n)
+    }
+  }
+  return { shards: shardCount, nodes: n, idealOnJoin: Number((1 / (n + 1)).toFixed(4)), idealOnLeave: Number((1 / n).toFixed(4)), strategies: rows }
+}
+
+function computeTime (shardCount: number, n: number, rounds: number): Record<string, unknown> {
+  const shards = world(shardCount)
+  const nodes = candidates(n)
+  const times: Record<string, number[]> = {}
+  for (const [name, strategy] of Object.entries(strategies)) {
+    times[name] = []
+    for (let r = 0; r < rounds; r++) {
+      const started = process.hrtime.bigint()
+      strategy(shards, nodes)
+      times[name].push(Number(process.hrtime.bigint() - started) / 1e6)
+    }
+  }
+  // With the default two replicas, which is what a node computes each tick.
+  const withReplicas: number[] = []
+  for (let r = 0; r < rounds; r++) {
+    const started = process.hrtime.bigint()
+    assign(shards, nodes, new Policy(), defaultPlacementParams)
+    withReplicas.push(Number(process.hrtime.bigint() - started) / 1e6)
+  }
+  return {
+    shards: shardCount,
+    nodes: n,
+    ms: { ...Object.fromEntries(Object.entries(times).map(([k, v]) => [k, summary(v)])), 'metagrid with 2 replicas': summary(withReplicas) }
+  }
+}
+
+async function failover (trials: number): Promise<Record<string, unknown>> {
+  const leaseMs = 4_000
+  const bed = await Testbed.start({
+    cities: pickCities(4),
+    env: {
+      METAGRID_TELEMETRY_INTERVAL_MS: '500',
+      METAGRID_PROBES_INTERVAL_MS: '250',
+      METAGRID_MEMBERSHIP_SUSPECT_AFTER_MS: '2000',
+      METAGRID_MEMBERSHIP_DEAD_AFTER_MS: '3000',
+      METAGRID_PLACEMENT_WORLD_MAX_X: '400',
+      METAGRID_PLACEMENT_WORLD_MAX_Y: '400',
+      METAGRID_PLACEMENT_WORLD_CELL_SIZE: '100',
+      METAGRID_PLACEMENT_WORLD_LAYERS: JSON.stringify([{ name: 'physics', consistency: 'host' }]),
+      METAGRID_PLACEMENT_LEASE_MS: String(leaseMs),
+      METAGRID_PLACEMENT_MARGIN_MS: '500',
+      METAGRID_PLACEMENT_TICK_MS: '500',
+      METAGRID_PLACEMENT_MIN_HOLD_MS: '3000',
+      METAGRID_PLACEMENT_SETTLE_MS: '3000',
+      METAGRID_PLACEMENT_WEIGHTS_HEADROOM: '0',
+      METAGRID_PLACEMENT_WEIGHTS_RELIABILITY: '0'
+    }
+  })
+  const times: number[] = []
+  try {
+    const view = async (i: number): Promise<PlacementView> => (await fetch(`${bed.nodes[i]!.api}/v1/placement`)).json() as Promise<PlacementView>
+    const settled = async (live: number[]): Promise<PlacementView> => {
+      for (;;) {
+        const views = await Promise.all(live.map(view))
+        const v = views[0]!
+        if (v.candidates.length === live.length && v.shards.every((s) => s.lease?.valid === true && s.lease.holder === s.host) && views.every((x) => x.digest === v.digest)) return v
+        await sleep(250)
+      }
+    }
+    for (let trial = 0; trial < trials; trial++) {
+      const victim = 1 + (trial % 3)
+      const before = await settled([0, 1, 2, 3])
+      const shard = before.shards.find((s) => s.lease!.holder === bed.nodes[victim]!.peerId)!
+      const killedAt = Date.now()
+      await bed.kill(victim)
+      for (;;) {
+        const s = (await view(0)).shards.find((x) => x.shard === shard.shard)!
+        if (s.lease?.valid === true && s.lease.holder !== shard.lease!.holder) break
+        await sleep(50)
+      }
+      times.push(Date.now() - killedAt)
+      await bed.restart(victim)
+    }
+  } finally {
+    await bed.stop()
+  }
+  return { leaseMs, marginMs: 500, tickMs: 500, trials, failoverMs: summary(times, 0), note: 'kill -9 of the holder to a valid lease of the next epoch seen by another node; bounded by leaseMs + marginMs + tickMs + one vote round' }
+}
+
+export async function run (): Promise<Record<string, unknown>> {
+  return {
+    churn: [churn(10_000, 10), churn(10_000, 100), churn(10_000, 1_000)],
+    compute: computeTime(10_000, 1_000, 5),
+    failover: await failover(6)
+  }
+}
