@@ -34,6 +34,7 @@ import { assign, explain, type Assignment, type Candidate, type Explained, type 
 import { encodeLeaseRecord, LeaseVoter, openRelease, signLease, signRelease, verifyLeaseRecord, LeaseError, type LeaseTerms, type VerifiedLease, type Vote } from './lease.ts'
 import { handleLeaseProtocol, requestHandoff, requestVote, type HandoffAnswer } from './lease-protocol.ts'
 import { LEASE_PROTOCOL } from '../constants.ts'
+import { shouldMove } from './hysteresis.ts'
 import { World, type ShardInfo, type WorldConfig } from './world.ts'
 import type { Policy } from './policy.ts'
 import type { Catalog } from '../catalog/catalog.ts'
@@ -373,27 +374,20 @@ export class Placement {
     this.signedView = undefined
   }
 
-  /**
-   * Is moving `shard` from us to `target` worth it? Only after we held it
-   * `minHoldMs`, and then when we are no longer eligible, or we host more than
-   * the load bound, or the target is in the same score bucket and wins on
-   * rendezvous (a stable tie-break: joins and leaves move ~1/N shards), or the
-   * target's score beats ours by `minGain`. A target that is better by less
-   * than `minGain` in a higher bucket does not get the shard: that is the
-   * hysteresis that keeps wobbling inputs from moving shards back and forth.
-   */
+  /** Is moving `shard` from us to `target` worth it? See hysteresis.ts. */
   private moveWorthIt (shard: ShardInfo, terms: LeaseTerms, target: string, now: number): boolean {
     if (this.handingOff.has(shard.id) || !this.candidates.some((c) => c.peerId === target)) return false
     if (now - terms.startedAt < this.options.minHoldMs) return false
     const rows = explain(shard, this.candidates, this.components.policy, this.options.params)
-    const self = rows.find((r) => r.peerId === this.self)
-    const other = rows.find((r) => r.peerId === target)
-    if (self == null || self.refusal != null) return true
-    if (other == null || other.refusal != null) return false
     const cap = Math.ceil((1 + this.options.params.epsilon) * this.world.all().length / Math.max(1, this.candidates.length))
-    if ([...this.held.keys()].filter((s) => this.holding(s) != null).length > cap) return true
-    if (other.bucket === self.bucket) return other.weight > self.weight
-    return other.score - self.score >= this.options.minGain
+    return shouldMove({
+      host: rows.find((r) => r.peerId === this.self),
+      target: rows.find((r) => r.peerId === target),
+      heldMs: now - terms.startedAt,
+      overloaded: this.heldShards().length > cap,
+      minGain: this.options.minGain,
+      minHoldMs: this.options.minHoldMs
+    })
   }
 
   /**

@@ -9,9 +9,14 @@
  * border, and with the target host killed in the middle of the move it stays
  * exactly once, where it was.
  */
+import { execFile } from 'node:child_process'
 import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
+import { promisify } from 'node:util'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { z } from 'zod'
+import { BIN_PATH, cleanDaemonEnv } from '../../daemon/process.ts'
+import { verifyStatement } from '../../attest/statement.ts'
 import { getJson, makeTempDir, waitFor } from '../helpers/daemons.ts'
 import { metricValue, scrape } from '../helpers/metrics.ts'
 import { pickCities } from '../testbed/geo.ts'
@@ -53,6 +58,8 @@ async function agreement (live: number[], what: string, timeoutMs = 90_000): Pro
     return views.every((v) => v.digest === first.digest && JSON.stringify([...leaseTable(v)].sort()) === table) ? first : undefined
   }, timeoutMs, 500)
 }
+
+const cli = async (args: string[]): Promise<string> => (await promisify(execFile)(process.execPath, [BIN_PATH, ...args], { env: cleanDaemonEnv(process.env), timeout: 60_000 })).stdout
 
 const indexOf = (peerId: string): number => bed.nodes.findIndex((n) => n.peerId === peerId)
 
@@ -113,6 +120,9 @@ describe('placement on six nodes', () => {
   it('every node reports the same assignment and lease table, within policy and load bound', async () => {
     before = await agreement([0, 1, 2, 3, 4, 5], 'all six nodes to agree on 64 leased shards')
     checkPolicy(before)
+    // Settled means settled: with nothing changing, no shard moves (no flapping).
+    await new Promise((resolve) => setTimeout(resolve, 4_000))
+    expect([...holders(await view(1))].sort()).toEqual([...holders(before)].sort())
     expect(Math.max(...loads(before).values())).toBeLessThanOrEqual(CAP)
     // Replicas are distinct from the host and from each other.
     for (const s of before.shards) expect(new Set([s.host, ...s.replicas]).size).toBe(3)
@@ -129,6 +139,25 @@ describe('placement on six nodes', () => {
     expect(explained.rules).toEqual(['west-stays-west'])
     expect(explained.candidates.filter((c: { refusal: string | null }) => c.refusal === 'region-not-allowed-by:west-stays-west')).toHaveLength(3)
   }, 120_000)
+
+  it('`metagrid placement` on any node shows the same signed, explainable assignment', async () => {
+    const show = async (i: number): Promise<PlacementView> => JSON.parse(await cli(['placement', '--json', '--api', bed.nodes[i]!.api])) as PlacementView
+    const [a, b] = [await show(2), await show(5)]
+    expect(a.digest).toBe(b.digest)
+    expect(a.self).not.toBe(b.self)
+    // Each node's signature over the digest verifies against its own key.
+    for (const v of [a, b]) {
+      const statement = await verifyStatement(new Uint8Array(Buffer.from(v.signature, 'base64url')), { type: 'metagrid.placement-view/v1', predicate: z.unknown(), now: Date.now() })
+      expect(statement.signer.toString()).toBe(v.self)
+      expect(statement.subjects[0]!.digest).toBe(v.digest)
+    }
+    const table = await cli(['placement', '--api', bed.nodes[3]!.api])
+    expect(table).toContain(`digest ${a.digest.slice(0, 16)}`)
+    expect(table.split('\n').filter((line) => line.startsWith('physics.'))).toHaveLength(SHARDS)
+    const explained = await cli(['placement', 'explain', 'physics.0.3', '--api', bed.nodes[3]!.api])
+    expect(explained).toContain('west-stays-west')
+    expect(explained).toContain('region-not-allowed-by:west-stays-west')
+  }, 60_000)
 
   it('only the lease holder takes writes, under its epoch', async () => {
     // A shard held by a node other than 0, which the test keeps as its observer.
@@ -197,8 +226,8 @@ describe('placement on six nodes', () => {
     console.log(`rejoin: the returning node took ${taken} shards; ${moved.length} moved in all (ideal ${(SHARDS / 6).toFixed(1)})`)
     expect(taken).toBeGreaterThan(0)
     expect(taken).toBeLessThanOrEqual(CAP)
-    // Moves other than to the joining node are the load bound's doing; few.
-    expect(moved.length - taken).toBeLessThanOrEqual(6)
+    // Moves other than to the joining node are the load bound's doing (it drops from 16 to 14 per node); few.
+    expect(moved.length - taken).toBeLessThanOrEqual(10)
     expect(Math.max(...loads(rejoined).values())).toBeLessThanOrEqual(CAP)
     // The data followed the shard through every move.
     const holder = indexOf(now.get(shard)!)

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest'
 import { assign, defaultPlacementParams, explain, type Candidate } from '../../p2p/placement/assign.ts'
+import { shouldMove } from '../../p2p/placement/hysteresis.ts'
 import { Policy, PolicyError } from '../../p2p/placement/policy.ts'
 import { World, worldSchema } from '../../p2p/placement/world.ts'
 
@@ -112,5 +113,29 @@ describe('policy file', () => {
     const policy = Policy.parse({ version: 1, rules: [{ name: 'a', match: { shards: ['physics.1.*'] }, denyPeers: ['p'] }, { name: 'b', match: { layers: ['presence'] } }] })
     expect(policy.rulesFor(world.shard('physics.1.3')!).map((r) => r.name)).toEqual(['a'])
     expect(policy.rulesFor(world.shard('physics.2.1')!)).toEqual([])
+  })
+})
+
+describe('hysteresis', () => {
+  const row = (score: number, bucket: number, weight: number, refusal: string | null = null): { refusal: string | null, score: number, bucket: number, weight: number } => ({ refusal, score, bucket, weight })
+  const base = { heldMs: 120_000, overloaded: false, minGain: 0.2, minHoldMs: 60_000 }
+
+  it('never moves a shard held for less than the minimum time', () => {
+    expect(shouldMove({ ...base, heldMs: 59_999, host: row(0, -3, 1), target: row(1, 0, 2) })).toBe(false)
+    expect(shouldMove({ ...base, heldMs: 59_999, host: row(0, 0, 1, 'region-not-allowed-by:x'), target: row(1, 0, 2) })).toBe(false)
+  })
+
+  it('moves within a bucket by rendezvous, across buckets only for a real gain', () => {
+    expect(shouldMove({ ...base, host: row(0.5, 0, 10), target: row(0.5, 0, 20) })).toBe(true)
+    expect(shouldMove({ ...base, host: row(0.5, 0, 20), target: row(0.5, 0, 10) })).toBe(false)
+    // A score that crossed a bucket edge by a hair: no move, however the rendezvous falls.
+    expect(shouldMove({ ...base, host: row(0.49, -1, 20), target: row(0.51, 0, 10) })).toBe(false)
+    expect(shouldMove({ ...base, host: row(0.3, -1, 20), target: row(0.51, 0, 10) })).toBe(true)
+  })
+
+  it('moves off an ineligible or overloaded host, never onto an ineligible target', () => {
+    expect(shouldMove({ ...base, host: row(1, 0, 20, 'untrusted-operator'), target: row(0.1, -2, 1) })).toBe(true)
+    expect(shouldMove({ ...base, overloaded: true, host: row(1, 0, 20), target: row(0.9, 0, 1) })).toBe(true)
+    expect(shouldMove({ ...base, overloaded: true, host: row(1, 0, 20), target: row(0.9, 0, 1, 'denied-by:x') })).toBe(false)
   })
 })
