@@ -159,7 +159,7 @@ const placementSchema = z.strictObject({
     reliability: z.number().min(0).max(100).default(0.5),
     cost: z.number().min(0).max(100).default(0.25)
   }).prefault({}),
-  /** A lease runs this long; the holder renews at a third of it. Failover after a crash takes about this long. */
+  /** A lease runs this long; the holder renews when half of it is left. Failover after a crash takes about this long. */
   leaseMs: z.int().min(1_000).max(3_600_000).default(15_000),
   /** Clock difference tolerated between nodes: a holder stops this long before its lease expires, voters wait this long after. */
   marginMs: z.int().min(0).max(60_000).default(1_000),

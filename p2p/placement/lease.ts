@@ -186,9 +186,15 @@ export class LeaseVoter {
     this.now = now
   }
 
+  /** Promises are read through a cache (written through on every grant); the database is the truth after a restart. */
+  private readonly cache = new Map<string, Promise_ | null>()
+
   async promised (shard: string): Promise<Promise_ | undefined> {
+    if (this.cache.has(shard)) return this.cache.get(shard) ?? undefined
     const raw = await this.db.get(`promise/${shard}`)
-    return raw == null ? undefined : JSON.parse(Buffer.from(raw).toString('utf8')) as Promise_
+    const promise = raw == null ? null : JSON.parse(Buffer.from(raw).toString('utf8')) as Promise_
+    this.cache.set(shard, promise)
+    return promise ?? undefined
   }
 
   /** Decides on a signed lease claim; `release` is the previous holder's signed release, for a handoff. */
@@ -238,6 +244,7 @@ export class LeaseVoter {
     }
     const next: Promise_ = { epoch: terms.epoch, holder: terms.holder, expiresAt: Math.max(terms.expiresAt, promise?.epoch === terms.epoch ? promise.expiresAt : 0) }
     await this.db.put(`promise/${terms.shard}`, Buffer.from(JSON.stringify(next)))
+    this.cache.set(terms.shard, next)
     return { ok: true, grant: await signGrant(this.key, terms, now) }
   }
 }

@@ -13,7 +13,7 @@
  *    - the desired host of a shard with no lease, or whose lease lapsed,
  *      claims the next epoch (after pulling the shard's state from the
  *      previous voters);
- *    - a holder renews at a third of the lease time and steps down when a
+ *    - a holder renews at half the lease time and steps down when a
  *      voter says a newer epoch exists;
  *    - a holder whose shard would do clearly better elsewhere (score gain of
  *      at least `minGain`, held at least `minHoldMs`: hysteresis) hands it
@@ -219,7 +219,7 @@ export class Placement {
           this.dropHeld(shard.id, 'lease expired before it could be renewed')
         } else if (this.reconfigure(held.terms, desired, now)) {
           this.run(shard.id, async () => this.claim(shard, this.leases.get(shard.id)))
-        } else if (held.terms.expiresAt - now < (this.options.leaseMs * 2) / 3) {
+        } else if (held.terms.expiresAt - now < this.options.leaseMs / 2) {
           this.run(shard.id, async () => this.renew(shard.id))
         } else if (desired?.host != null && desired.host !== this.self && this.moveWorthIt(shard, held.terms, desired.host, now)) {
           this.run(shard.id, async () => this.handOff(shard, held.terms, desired.host!))
