@@ -4,6 +4,7 @@
 import { ConfigError, loadConfig } from '../config/load.ts'
 import { parseCommandLine, stringValue, UsageError } from '../cli/usage.ts'
 import { ExitCode, type ExitCodeValue } from '../exit-codes.ts'
+import { SystemdNotifier } from '../systemd.ts'
 import { reportUnhandledRejections, untilSignalled } from '../lifecycle.ts'
 import { createLogger } from '../log/logger.ts'
 import { MetagridNode } from '../node.ts'
@@ -67,7 +68,9 @@ export async function startCommand (args: string[], io: CommandIO): Promise<Exit
   // moment after the ready line) must stop the node cleanly, not meet Node's default action.
   let node: MetagridNode | undefined
   let starting: Promise<unknown> = Promise.resolve()
+  const systemd = SystemdNotifier.fromEnv(io.env, logger)
   const shutdown = untilSignalled(async () => {
+    systemd?.stopping()
     await starting.catch(() => {})
     await node?.stop()
   }, logger)
@@ -83,6 +86,7 @@ export async function startCommand (args: string[], io: CommandIO): Promise<Exit
     // Scripts wait for this line, so it is written at any level but silent.
     const announce = logger.isLevelEnabled('info') || config.logLevel === 'silent' ? logger : logger.child({}, { level: 'info' })
     announce.info(ready, 'ready')
+    systemd?.ready(`serving ${ready.peerId}; API ${ready.api}`)
   } catch (err) {
     const code = exitCodeFor(err)
     logger.fatal({ code: (err as Error).name ?? 'START_FAILED', err: code === ExitCode.FAILURE ? err : undefined }, (err as Error).message)
