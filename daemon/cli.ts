@@ -7,6 +7,7 @@ import { devnetCommand } from './commands/devnet.ts'
 import { discoverCommand } from './commands/discover.ts'
 import { meshCommand } from './commands/mesh.ts'
 import { placementCommand } from './commands/placement.ts'
+import { sloCommand } from './commands/slo.ts'
 import { startCommand } from './commands/start.ts'
 import { statusCommand } from './commands/status.ts'
 import { ExitCode, type ExitCodeValue } from './exit-codes.ts'
@@ -35,6 +36,8 @@ commands:
             [--api URL] [--json]
   placement explain SHARD
             every candidate's score terms, rank, and the rule that refused it
+  slo       service level objectives: current value, error budget left, burn rate, shedding
+            [--api URL] [--json]
   version   print the version
   help      print this text
 
@@ -51,6 +54,7 @@ const COMMANDS: Record<string, Command> = {
   mesh: meshCommand,
   discover: discoverCommand,
   placement: placementCommand,
+  slo: sloCommand,
   version: async (_args, io) => { io.stdout.write(`${VERSION}\n`); return ExitCode.OK },
   help: async (_args, io) => { io.stdout.write(HELP); return ExitCode.OK }
 }

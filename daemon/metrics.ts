@@ -64,6 +64,12 @@ export class Metrics {
   readonly placementUnheld: Gauge
   /** Entity handoffs across shard borders, by result. */
   readonly entityHandoffs: Counter<'result'>
+  readonly sloSli: Gauge<'objective'>
+  readonly sloBudgetRemaining: Gauge<'objective'>
+  readonly sloBurnRate: Gauge<'objective'>
+  readonly breakerOpen: Gauge<'breaker'>
+  /** Requests refused because a breaker shed them, by what was shed. */
+  readonly shed: Counter<'what'>
 
   constructor (registry: Registry = new Registry()) {
     this.registry = registry
@@ -128,6 +134,11 @@ export class Metrics {
     this.placementOverflow = new Gauge({ name: 'metagrid_placement_overflow_shards', help: 'Shards placed beyond the load bound because every eligible node was full', registers })
     this.placementUnheld = new Gauge({ name: 'metagrid_placement_unheld_shards', help: 'Shards with no valid lease in this node\'s table', registers })
     this.entityHandoffs = new Counter({ name: 'metagrid_entity_handoffs_total', help: 'Entity transfers across shard borders, by result (committed, aborted, resolved)', labelNames: ['result'], registers })
+    this.sloSli = new Gauge({ name: 'metagrid_slo_sli', help: 'Service level indicator over the SLO window: good events / all events', labelNames: ['objective'], registers })
+    this.sloBudgetRemaining = new Gauge({ name: 'metagrid_slo_error_budget_remaining', help: 'Fraction of the error budget left over the SLO window (1 untouched, 0 spent, below 0 overspent)', labelNames: ['objective'], registers })
+    this.sloBurnRate = new Gauge({ name: 'metagrid_slo_burn_rate', help: 'Error budget burn rate over the burn window (1: the budget lasts exactly the window)', labelNames: ['objective'], registers })
+    this.breakerOpen = new Gauge({ name: 'metagrid_breaker_open', help: '1 while a circuit breaker sheds work', labelNames: ['breaker'], registers })
+    this.shed = new Counter({ name: 'metagrid_shed_total', help: 'Requests refused by an open breaker, by what was shed', labelNames: ['what'], registers })
   }
 
   /** Registers a function that refreshes point-in-time gauges just before each scrape. */

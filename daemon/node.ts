@@ -29,8 +29,12 @@ import { registerNodeRoutes } from './api/routes/node.ts'
 import { registerShardRoutes } from './api/routes/shards.ts'
 import { notHost, registerPlacementRoutes } from './api/routes/placement.ts'
 import { tokenAuthorizer } from './api/authorize.ts'
+import { ApiError } from './api/errors.ts'
 import { libp2pComponentLogger } from './log/libp2p-logger.ts'
 import { Metrics } from './metrics.ts'
+import { SloTracker } from './slo.ts'
+import { registerSloRoutes } from './api/routes/slo.ts'
+import { registerPageRoutes } from './api/routes/page.ts'
 import { VERSION } from './version.ts'
 import type { Config } from './config/schema.ts'
 import type { Logger } from './log/logger.ts'
@@ -94,6 +98,7 @@ export class MetagridNode {
   readonly discovery: Discovery
   readonly replication: Replication
   readonly placement: Placement | null
+  readonly slo: SloTracker
   readonly api: FastifyInstance
   private readonly parts: Part[]
   private readonly started: Part[] = []
@@ -140,8 +145,10 @@ export class MetagridNode {
       logger
     }, defaultDiscoveryOptions)
 
+    this.slo = new SloTracker(config.slo, logger, metrics)
+    const slo = this.slo
     const { served, syncIntervalMs, maxValueBytes, ...storeOptions } = config.shards
-    this.replication = new Replication({ libp2p, database, membership: this.mesh.membership, metrics, logger }, { served, syncIntervalMs, ...storeOptions })
+    this.replication = new Replication({ libp2p, database, membership: this.mesh.membership, metrics, logger, onConvergence: (ms) => { if (Date.now() - ms >= startedAt) slo.observeConvergence(ms) } }, { served, syncIntervalMs, ...storeOptions })
 
     const placement = config.placement
     this.placement = placement.enabled
@@ -179,7 +186,14 @@ export class MetagridNode {
       }, { abandonAfterMs: 30_000 })
     if (handoff != null) this.placement!.setRoundHook(async (held) => handoff.resolve(held))
 
-    this.api = createApiServer({ logger, metrics, inFlight: this.inFlight })
+    if (this.placement != null) {
+      const p = this.placement
+      slo.setAvailabilitySampler(() => p.availability())
+    }
+
+    this.api = createApiServer({ logger, metrics, inFlight: this.inFlight, onLatency: (ms) => { slo.observeApiLatency(ms) } })
+    registerSloRoutes(this.api, slo)
+    registerPageRoutes(this.api)
     registerNodeRoutes(this.api, {
       libp2p,
       measuredRtt: (peerId) => this.mesh.prober.measuredRtt(peerId),
@@ -201,6 +215,10 @@ export class MetagridNode {
       ...(placementPart != null
         ? {
             guardWrite: (shard: string, epoch: number | undefined) => {
+              if (slo.shedding() && placementPart.world.shard(shard)?.layer.decorative === true) {
+                metrics.shed.inc({ what: 'decorative_write' })
+                throw new ApiError(503, 'SHED_LOAD', `writes to decorative shards are shed while an SLO burns its error budget (${slo.evaluate().breakers[0]?.reason ?? 'see /v1/slo'}); retry later`)
+              }
               try {
                 placementPart.guardWrite(shard, epoch)
               } catch (err) {
@@ -216,6 +234,7 @@ export class MetagridNode {
     const { host, port } = splitHostPort(config.api)
     this.parts = [
       { name: 'uptime', start: async () => uptime.start(), stop: async () => uptime.stop() },
+      { name: 'slo', start: () => { slo.start() }, stop: () => { slo.stop() } },
       // Shard state is loaded before the network starts and written out after it stops.
       { name: 'shard-stores', start: async () => this.replication.open(), stop: async () => this.replication.close() },
       {

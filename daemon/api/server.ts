@@ -13,6 +13,8 @@ export interface ApiServerComponents {
   metrics: Metrics | null
   /** Requests in flight, kept current for load reports (their queue length). */
   inFlight?: { count: number }
+  /** Called with each finished request's latency (ms), except long-lived streams; feeds the API latency SLO. */
+  onLatency?: (ms: number) => void
 }
 
 export interface ApiServerOptions {
@@ -46,6 +48,7 @@ export function createApiServer (components: ApiServerComponents, options: ApiSe
     const start = startTimes.get(request)
     if (start == null || metrics == null) return
     const seconds = Number(process.hrtime.bigint() - start) / 1e9
+    if (components.onLatency != null && !(request.routeOptions.url ?? '').endsWith('/events')) components.onLatency(seconds * 1000)
     metrics.apiRequestDuration.observe({ method: request.method, route: request.routeOptions.url ?? 'unmatched', status: String(reply.statusCode) }, seconds)
   })
 

@@ -173,6 +173,27 @@ const placementSchema = z.strictObject({
   settleMs: z.int().min(0).max(600_000).default(5_000)
 }).refine((p) => p.marginMs * 3 < p.leaseMs, { error: 'placement.marginMs must be under a third of placement.leaseMs' })
 
+const sloSchema = z.strictObject({
+  /** The rolling window SLIs and error budgets are computed over. */
+  windowMs: z.int().min(60_000).max(30 * 86_400_000).default(3_600_000),
+  /** Events are counted in slots this long; availability is sampled once a slot. */
+  slotMs: z.int().min(1_000).max(600_000).default(10_000),
+  /** Burn rate is measured over this recent span. */
+  burnWindowMs: z.int().min(1_000).max(86_400_000).default(300_000),
+  /** API requests answered within this many ms are good. */
+  apiLatencyMs: z.number().min(0).max(60_000).default(250),
+  apiLatencyTarget: z.number().min(0).max(1).default(0.99),
+  /** Remote writes applied within this many ms of their origin are good. */
+  convergenceMs: z.number().min(0).max(3_600_000).default(1_000),
+  convergenceTarget: z.number().min(0).max(1).default(0.99),
+  /** Share of world shards that should have a host with a valid lease. */
+  shardAvailabilityTarget: z.number().min(0).max(1).default(0.999),
+  /** Decorative work is shed while an objective burns its budget this many times too fast. */
+  shedAboveBurnRate: z.number().min(1).max(1_000_000).default(10),
+  /** Fewer events than this in the burn window never open the breaker. */
+  minEvents: z.int().min(1).max(1_000_000).default(20)
+})
+
 export const configSchema = z.strictObject({
   dataDir: z.string().min(1),
   listen: z.array(multiaddrString).min(1, { error: 'expected at least one listen multiaddr' }),
@@ -191,7 +212,8 @@ export const configSchema = z.strictObject({
   membership: membershipSchema.prefault({}),
   catalog: catalogSchema.prefault({}),
   shards: shardsSchema.prefault({}),
-  placement: placementSchema.prefault({})
+  placement: placementSchema.prefault({}),
+  slo: sloSchema.prefault({})
 })
 
 export type Config = z.infer<typeof configSchema>

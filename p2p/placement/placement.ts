@@ -237,7 +237,7 @@ export class Placement {
         this.run(shard.id, async () => this.claim(shard, lease))
       }
     }
-    this.refreshGauges(now)
+    this.refreshGauges()
     if (this.roundHook != null && !this.hookRunning) {
       this.hookRunning = true
       void this.roundHook(this.heldShards()).catch((err) => {
@@ -573,6 +573,18 @@ export class Placement {
     return lease != null && Date.now() < lease.expiresAt ? lease.holder : null
   }
 
+  /**
+   * World shards with a host holding a valid lease, as this node's table
+   * shows (the availability SLI); null while the node is starting (settling
+   * and one lease time), when a table still arriving says nothing of the mesh.
+   */
+  availability (): { good: number, total: number } | null {
+    const now = Date.now()
+    if (!this.running || now - this.startedAt < this.options.settleMs + this.options.leaseMs) return null
+    const all = this.world.all()
+    return { good: all.filter((s) => { const l = this.leases.get(s.id); return l != null && now < l.expiresAt }).length, total: all.length }
+  }
+
   /** Shards whose lease this node holds now. */
   heldShards (): string[] {
     return [...this.held.keys()].filter((shard) => this.holding(shard) != null)
@@ -653,7 +665,7 @@ export class Placement {
     return { self: this.self, computedAt: this.computedAt, candidates: this.candidates.map((c) => c.peerId).sort(), ...this.signedView, shards }
   }
 
-  private refreshGauges (now: number): void {
+  private refreshGauges (): void {
     const metrics = this.components.metrics
     if (metrics == null) return
     let max = 0
@@ -667,6 +679,7 @@ export class Placement {
     metrics.placementLeasesHeld.set(held)
     metrics.placementEpochMax.set(max)
     metrics.placementOverflow.set([...this.assignment.values()].filter((a) => a.overflow).length)
-    metrics.placementUnheld.set(this.world.all().filter((s) => { const l = this.leases.get(s.id); return l == null || now >= l.expiresAt }).length)
+    const all = this.world.all()
+    metrics.placementUnheld.set(all.filter((s) => { const l = this.leases.get(s.id); return l == null || Date.now() >= l.expiresAt }).length)
   }
 }

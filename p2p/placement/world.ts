@@ -19,7 +19,9 @@ export const layerSchema = z.strictObject({
   name: layerName,
   consistency: z.enum(['host', 'crdt']),
   /** Capability tags a host of this layer must have (for example `gpu` for NPC inference). */
-  require: z.array(z.string().min(1).max(128)).max(16).default([])
+  require: z.array(z.string().min(1).max(128)).max(16).default([]),
+  /** Decorative layers (effects, ambient props, analytics) are shed first when an SLO burns its budget. */
+  decorative: z.boolean().default(false)
 })
 
 export const regionAreaSchema = z.strictObject({
@@ -39,8 +41,8 @@ export const worldSchema = z.strictObject({
   /** Side of a square cell, in world units. */
   cellSize: z.number().positive().default(256),
   layers: z.array(layerSchema).min(1).max(16).default([
-    { name: 'physics', consistency: 'host', require: [] },
-    { name: 'presence', consistency: 'crdt', require: [] }
+    { name: 'physics', consistency: 'host', require: [], decorative: false },
+    { name: 'presence', consistency: 'crdt', require: [], decorative: false }
   ]),
   /** Areas of the world whose players are in one region (first match wins); elsewhere a shard has no home region. */
   regions: z.array(regionAreaSchema).max(1024).default([])

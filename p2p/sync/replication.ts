@@ -50,6 +50,8 @@ export interface ReplicationComponents {
   membership: Membership
   metrics: Metrics | null
   logger: Logger
+  /** Called with each remote write's time from origin to apply here (ms); feeds the convergence SLO. */
+  onConvergence?: (ms: number) => void
 }
 
 export interface ShardChange {
@@ -256,9 +258,10 @@ export class Replication extends TypedEventEmitter<ReplicationEvents> {
   }
 
   private observe (result: ApplyResult): void {
-    const metrics = this.components.metrics
-    if (metrics == null) return
+    const { metrics, onConvergence } = this.components
     const now = Date.now()
+    if (onConvergence != null) for (const wall of result.appliedWalls) onConvergence(Math.max(0, now - wall))
+    if (metrics == null) return
     for (const wall of result.appliedWalls) metrics.crdtConvergence.observe(Math.max(0, now - wall) / 1000)
     if (result.conflicts > 0) metrics.crdtConflicts.inc(result.conflicts)
   }

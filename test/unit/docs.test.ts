@@ -8,6 +8,7 @@ import { configLeaves } from '../../daemon/config/env.ts'
 import { configSchema } from '../../daemon/config/schema.ts'
 import { START_FLAGS } from '../../daemon/commands/start.ts'
 import { ExitCode } from '../../daemon/exit-codes.ts'
+import { Metrics } from '../../daemon/metrics.ts'
 
 const readme = await readFile(new URL('../../README.md', import.meta.url), 'utf8')
 
@@ -20,6 +21,15 @@ describe('README', () => {
       expect(row, `README row for ${leaf.path.join('.')}`).toBeDefined()
       expect(row).toContain(`\`${leaf.env}\``)
     }
+  })
+
+  it('lists every metagrid metric in the catalog, and every alert in the runbook', async () => {
+    const names = (new Metrics().registry.getMetricsAsArray() as Array<{ name: string }>).map((m) => m.name).filter((n) => n.startsWith('metagrid_'))
+    expect(names.length).toBeGreaterThan(30)
+    for (const name of names) expect(readme, name).toMatch(new RegExp(`^\\| \`${name}\` \\|`, 'm'))
+    const alerts = [...(await readFile(new URL('../../daemon/alerts.yml', import.meta.url), 'utf8')).matchAll(/- alert: (\w+)/g)].map((m) => m[1]!)
+    expect(alerts.length).toBeGreaterThan(5)
+    for (const alert of alerts) expect(readme, alert).toContain(`**${alert}**`)
   })
 
   it('documents every start flag', () => {
