@@ -6,6 +6,7 @@ import { UsageError } from './cli/usage.ts'
 import { devnetCommand } from './commands/devnet.ts'
 import { discoverCommand } from './commands/discover.ts'
 import { meshCommand } from './commands/mesh.ts'
+import { keyCommand, provenanceCommand, tokenCommand, verifyCommand } from './commands/attest.ts'
 import { placementCommand } from './commands/placement.ts'
 import { sloCommand } from './commands/slo.ts'
 import { startCommand } from './commands/start.ts'
@@ -38,6 +39,12 @@ commands:
             every candidate's score terms, rank, and the rule that refused it
   slo       service level objectives: current value, error budget left, burn rate, shedding
             [--api URL] [--json]
+  key       new FILE | id FILE: create an Ed25519 key file, or print its peer id
+  token     issue --key FILE --audience PEER --cap RESOURCE=ABILITY... [--ttl 1h] [--proof TOKEN]...
+            inspect TOKEN | verify TOKEN --root PEER... [--audience PEER]
+  provenance CID [--api URL] [--json]      the verified chain of an asset: owner, records, conflicts
+            export CID --out FILE         a self-contained bundle anyone can verify offline
+  verify    FILE [--json]: verify a provenance bundle offline
   version   print the version
   help      print this text
 
@@ -55,6 +62,10 @@ const COMMANDS: Record<string, Command> = {
   discover: discoverCommand,
   placement: placementCommand,
   slo: sloCommand,
+  key: keyCommand,
+  token: tokenCommand,
+  provenance: provenanceCommand,
+  verify: verifyCommand,
   version: async (_args, io) => { io.stdout.write(`${VERSION}\n`); return ExitCode.OK },
   help: async (_args, io) => { io.stdout.write(HELP); return ExitCode.OK }
 }

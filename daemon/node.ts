@@ -35,6 +35,8 @@ import { Metrics } from './metrics.ts'
 import { SloTracker } from './slo.ts'
 import { registerSloRoutes } from './api/routes/slo.ts'
 import { registerPageRoutes } from './api/routes/page.ts'
+import { registerAssetRoutes } from './api/routes/assets.ts'
+import { ProvenanceLedger } from '../p2p/provenance.ts'
 import { VERSION } from './version.ts'
 import type { Config } from './config/schema.ts'
 import type { Logger } from './log/logger.ts'
@@ -99,6 +101,7 @@ export class MetagridNode {
   readonly replication: Replication
   readonly placement: Placement | null
   readonly slo: SloTracker
+  readonly provenance: ProvenanceLedger
   readonly api: FastifyInstance
   private readonly parts: Part[]
   private readonly started: Part[] = []
@@ -207,6 +210,8 @@ export class MetagridNode {
     const nodeId = libp2p.peerId.toString()
     const authorize = tokenAuthorizer({ apiHost: splitHostPort(config.api).host, roots: () => new Set([nodeId]) })
     const placementPart = this.placement
+    this.provenance = new ProvenanceLedger({ replication: this.replication, metrics, logger })
+    registerAssetRoutes(this.api, { ledger: this.provenance, privateKey, nodeId, authorize })
     registerShardRoutes(this.api, {
       replication: this.replication,
       authorize,
@@ -252,6 +257,7 @@ export class MetagridNode {
       { name: 'bootstrap', start: () => bootstrap.start(), stop: () => bootstrap.stop() },
       { name: 'catalog', start: async () => this.catalog.start(), stop: async () => this.catalog.stop() },
       { name: 'replication', start: async () => this.replication.start(), stop: async () => this.replication.stop() },
+      { name: 'provenance', start: async () => this.provenance.start(), stop: () => {} },
       ...(placementPart != null ? [{ name: 'placement', start: async () => placementPart.start(), stop: async () => placementPart.stop() }] : []),
       ...(handoff != null ? [{ name: 'entity-handoff', start: async () => handoff.start(), stop: async () => handoff.stop() }] : []),
       {

@@ -41,3 +41,6 @@ export const PLACEMENT_SHARD = 'sys.placement'
 
 /** Two-phase entity transfers across shard borders. */
 export const HANDOFF_PROTOCOL = '/metagrid/handoff/1.0.0'
+
+/** The system shard every node replicates: the provenance records of every asset (append-only). */
+export const PROVENANCE_SHARD = 'sys.provenance'

@@ -32,6 +32,21 @@ describe('README', () => {
     for (const alert of alerts) expect(readme, alert).toContain(`**${alert}**`)
   })
 
+  it('documents every warning and error code the daemon logs', async () => {
+    const { readdir } = await import('node:fs/promises')
+    const root = new URL('../../', import.meta.url)
+    const codes = new Set<string>()
+    for (const dir of ['daemon', 'p2p', 'storage', 'attest']) {
+      for (const file of await readdir(new URL(dir, root), { recursive: true })) {
+        if (!file.endsWith('.ts')) continue
+        const text = await readFile(new URL(`${dir}/${file}`, root), 'utf8')
+        for (const m of text.matchAll(/\.(?:warn|error|fatal)\(\{ code: '([A-Z_]+)'/g)) codes.add(m[1]!)
+      }
+    }
+    expect(codes.size).toBeGreaterThan(15)
+    for (const code of codes) expect(readme, code).toMatch(new RegExp(`^\\| \`${code}\` \\|`, 'm'))
+  })
+
   it('documents every start flag', () => {
     for (const flag of Object.keys(START_FLAGS)) expect(readme).toContain(`--${flag}`)
   })
