@@ -6,7 +6,7 @@ import { UsageError } from './cli/usage.ts'
 import { devnetCommand } from './commands/devnet.ts'
 import { discoverCommand } from './commands/discover.ts'
 import { meshCommand } from './commands/mesh.ts'
-import { keyCommand, provenanceCommand, tokenCommand, verifyCommand } from './commands/attest.ts'
+import { attestCommand, keyCommand, operatorCommand, provenanceCommand, tokenCommand, verifyCommand } from './commands/attest.ts'
 import { placementCommand } from './commands/placement.ts'
 import { sloCommand } from './commands/slo.ts'
 import { startCommand } from './commands/start.ts'
@@ -39,7 +39,9 @@ commands:
             every candidate's score terms, rank, and the rule that refused it
   slo       service level objectives: current value, error budget left, burn rate, shedding
             [--api URL] [--json]
-  key       new FILE | id FILE: create an Ed25519 key file, or print its peer id
+  key       new FILE | id FILE | psk FILE: create an Ed25519 key file, print its peer id, or create a private-network key
+  operator  certify --key OPERATOR_KEY --node PEER [--ttl 90d] [--out FILE]: a membership certificate
+  attest    [--api URL] [--json]: what the node attests (code and config digests, runtime, quote, operator)
   token     issue --key FILE --audience PEER --cap RESOURCE=ABILITY... [--ttl 1h] [--proof TOKEN]...
             inspect TOKEN | verify TOKEN --root PEER... [--audience PEER]
   provenance CID [--api URL] [--json]      the verified chain of an asset: owner, records, conflicts
@@ -63,6 +65,8 @@ const COMMANDS: Record<string, Command> = {
   placement: placementCommand,
   slo: sloCommand,
   key: keyCommand,
+  operator: operatorCommand,
+  attest: attestCommand,
   token: tokenCommand,
   provenance: provenanceCommand,
   verify: verifyCommand,

@@ -37,6 +37,9 @@ import { registerSloRoutes } from './api/routes/slo.ts'
 import { registerPageRoutes } from './api/routes/page.ts'
 import { registerAssetRoutes } from './api/routes/assets.ts'
 import { ProvenanceLedger } from '../p2p/provenance.ts'
+import { Attester, ATTESTATION_NAMESPACE } from './attestation.ts'
+import { attestationValidator, attestationSelector } from '../p2p/attestation-records.ts'
+import { readFile } from 'node:fs/promises'
 import { VERSION } from './version.ts'
 import type { Config } from './config/schema.ts'
 import type { Logger } from './log/logger.ts'
@@ -89,6 +92,31 @@ function listenFailure (err: unknown, what: string): AddressInUseError | undefin
   return undefined
 }
 
+export class FederationFileError extends Error {
+  static override name = 'FederationFileError'
+  override name = 'FederationFileError'
+}
+
+/** The membership certificate and private-network key named in the config, read before anything starts. */
+async function readFederationFiles (config: Config): Promise<{ certificate: Uint8Array | null, privateNetworkKey: Uint8Array | null }> {
+  const read = async (path: string | undefined, what: string): Promise<Uint8Array | null> => {
+    if (path == null) return null
+    try {
+      return await readFile(path)
+    } catch (err) {
+      throw new FederationFileError(`cannot read ${what} ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`)
+    }
+  }
+  const certificateText = await read(config.federation.certificateFile, 'federation.certificateFile')
+  const certificate = certificateText == null ? null : new Uint8Array(Buffer.from(Buffer.from(certificateText).toString('utf8').trim(), 'base64url'))
+  if (certificate != null && certificate.byteLength === 0) throw new FederationFileError(`federation.certificateFile ${config.federation.certificateFile!} holds no base64url certificate`)
+  const privateNetworkKey = await read(config.federation.privateNetworkKeyFile, 'federation.privateNetworkKeyFile')
+  if (privateNetworkKey != null && !Buffer.from(privateNetworkKey).toString('utf8').startsWith('/key/swarm/psk/1.0.0/')) {
+    throw new FederationFileError(`federation.privateNetworkKeyFile ${config.federation.privateNetworkKeyFile!} is not a swarm key (create one with: metagrid key psk FILE)`)
+  }
+  return { certificate, privateNetworkKey }
+}
+
 export class MetagridNode {
   readonly config: Config
   readonly logger: Logger
@@ -102,6 +130,7 @@ export class MetagridNode {
   readonly placement: Placement | null
   readonly slo: SloTracker
   readonly provenance: ProvenanceLedger
+  readonly attester: Attester
   readonly api: FastifyInstance
   private readonly parts: Part[]
   private readonly started: Part[] = []
@@ -109,7 +138,7 @@ export class MetagridNode {
   private apiAddress = ''
   private stopping: Promise<void> | undefined
 
-  private constructor (options: NodeOptions, database: Database, libp2p: MetagridLibp2p, metrics: Metrics, privateKey: PrivateKey, uptime: UptimeLog, hardware: Awaited<ReturnType<typeof measureHardware>>, policy: Policy) {
+  private constructor (options: NodeOptions, database: Database, libp2p: MetagridLibp2p, metrics: Metrics, privateKey: PrivateKey, uptime: UptimeLog, hardware: Awaited<ReturnType<typeof measureHardware>>, policy: Policy, certificate: Uint8Array | null) {
     const { config, logger } = options
     this.config = config
     this.logger = logger
@@ -153,6 +182,17 @@ export class MetagridNode {
     const { served, syncIntervalMs, maxValueBytes, ...storeOptions } = config.shards
     this.replication = new Replication({ libp2p, database, membership: this.mesh.membership, metrics, logger, onConvergence: (ms) => { if (Date.now() - ms >= startedAt) slo.observeConvergence(ms) } }, { served, syncIntervalMs, ...storeOptions })
 
+    this.attester = new Attester({
+      libp2p,
+      privateKey,
+      replication: this.replication,
+      config,
+      hardware: { cores: hardware.cpu.cores, memoryMiB: hardware.memoryMiB, accelerators: hardware.accelerators.map((a) => a.model) },
+      version: VERSION,
+      certificate,
+      logger
+    })
+    const federation = { trustedOperators: new Set(config.federation.trustedOperators), acceptedCodeDigests: new Set(config.federation.acceptedCodeDigests) }
     const placement = config.placement
     this.placement = placement.enabled
       ? new Placement({
@@ -162,6 +202,7 @@ export class MetagridNode {
         mesh: this.mesh,
         catalog: this.catalog,
         policy,
+        federation,
         votes: database.sublevel(SUBLEVELS.placement),
         metrics,
         logger
@@ -205,7 +246,11 @@ export class MetagridNode {
       startedAt,
       ...(config.region != null ? { region: config.region } : {})
     })
-    registerMeshRoutes(this.api, this.mesh)
+    registerMeshRoutes(this.api, {
+      mesh: this.mesh,
+      trustOf: (peerId) => this.placement?.trustOf(peerId),
+      attestation: () => this.attester.signed()
+    })
     registerCatalogRoutes(this.api, { catalog: this.catalog, discovery: this.discovery })
     const nodeId = libp2p.peerId.toString()
     const authorize = tokenAuthorizer({ apiHost: splitHostPort(config.api).host, roots: () => new Set([nodeId]) })
@@ -258,6 +303,7 @@ export class MetagridNode {
       { name: 'catalog', start: async () => this.catalog.start(), stop: async () => this.catalog.stop() },
       { name: 'replication', start: async () => this.replication.start(), stop: async () => this.replication.stop() },
       { name: 'provenance', start: async () => this.provenance.start(), stop: () => {} },
+      { name: 'attestation', start: async () => this.attester.start(), stop: () => { this.attester.stop() } },
       ...(placementPart != null ? [{ name: 'placement', start: async () => placementPart.start(), stop: async () => placementPart.stop() }] : []),
       ...(handoff != null ? [{ name: 'entity-handoff', start: async () => handoff.start(), stop: async () => handoff.stop() }] : []),
       {
@@ -287,6 +333,7 @@ export class MetagridNode {
       logger.warn({ code: 'KEY_FILE_MODE', path: keyPath, mode: looseMode.toString(8) }, 'node key file is readable by other users; run chmod 600 on it')
     }
 
+    const { certificate, privateNetworkKey } = await readFederationFiles(config)
     const database = await Database.open(config.dataDir)
     try {
       const datastore = new LevelDatastore(database.sublevel(SUBLEVELS.libp2p) as unknown as Level<string, Uint8Array>)
@@ -302,15 +349,16 @@ export class MetagridNode {
         logger: libp2pComponentLogger(logger),
         metricsRegistry: metrics.registry,
         version: VERSION,
-        dhtValidators: { [DESCRIPTOR_NAMESPACE]: descriptorValidator(metrics) },
-        dhtSelectors: { [DESCRIPTOR_NAMESPACE]: descriptorSelector },
+        dhtValidators: { [DESCRIPTOR_NAMESPACE]: descriptorValidator(metrics), [ATTESTATION_NAMESPACE]: attestationValidator(metrics) },
+        dhtSelectors: { [DESCRIPTOR_NAMESPACE]: descriptorSelector, [ATTESTATION_NAMESPACE]: attestationSelector },
+        ...(privateNetworkKey != null ? { privateNetworkKey } : {}),
         providerValidityMs: config.catalog.ttlMs,
         ...(config.outboundBindAddress != null ? { outboundBindAddress: config.outboundBindAddress } : {})
       })
       const uptime = new UptimeLog(database.sublevel(SUBLEVELS.node), { windowMs: config.catalog.reliabilityWindowMs, tickMs: 60_000, now: Date.now })
       const hardware = await measureHardware(config.dataDir)
       const policy = config.placement.policyFile != null ? await Policy.load(config.placement.policyFile) : new Policy()
-      return new MetagridNode(options, database, libp2p, metrics, key, uptime, hardware, policy)
+      return new MetagridNode(options, database, libp2p, metrics, key, uptime, hardware, policy, certificate)
     } catch (err) {
       await database.close()
       throw err

@@ -3,6 +3,7 @@
  * identify, ping, a Kademlia DHT in server mode under our own protocol, and
  * gossipsub with signed messages.
  */
+import { preSharedKey } from '@libp2p/pnet'
 import { noise } from '@chainsafe/libp2p-noise'
 import { yamux } from '@chainsafe/libp2p-yamux'
 import { gossipsub, type GossipSub, type GossipsubOpts } from '@libp2p/gossipsub'
@@ -62,6 +63,8 @@ export interface Libp2pOptions {
   gossipsub?: Partial<GossipsubOpts>
   /** Source address for outgoing TCP connections. */
   outboundBindAddress?: string
+  /** A libp2p private-network key (swarm.key file contents): only peers with the same key can connect. */
+  privateNetworkKey?: Uint8Array
 }
 
 /**
@@ -87,6 +90,7 @@ export async function createMetagridLibp2p (options: Libp2pOptions): Promise<Met
     addresses: { listen: options.listen, announce: options.announce },
     transports: [tcpTransport(options.outboundBindAddress != null ? { outboundBindAddress: options.outboundBindAddress } : {})],
     connectionEncrypters: [noise()],
+    ...(options.privateNetworkKey != null ? { connectionProtector: preSharedKey({ psk: options.privateNetworkKey }) } : {}),
     streamMuxers: [yamux()],
     ...(options.datastore != null ? { datastore: options.datastore } : {}),
     logger: options.logger,

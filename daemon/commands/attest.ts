@@ -3,6 +3,10 @@
  *
  *   metagrid key new FILE                 create an Ed25519 key file (0600); prints its peer id
  *   metagrid key id FILE                  the peer id of a key file
+ *   metagrid key psk FILE                 create a private-network key (swarm.key format, 0600)
+ *   metagrid operator certify --key OPERATOR_KEY --node PEER [--ttl 90d] [--out FILE]
+ *                                         a membership certificate for one of the operator's nodes
+ *   metagrid attest [--api URL] [--json]  what a node attests: code and config digests, runtime, quote, operator
  *   metagrid token issue --key FILE --audience PEER --cap RESOURCE=ABILITY... [--ttl 1h] [--proof TOKEN]...
  *   metagrid token inspect TOKEN          decode without verifying
  *   metagrid token verify TOKEN --root PEER... [--audience PEER]
@@ -18,6 +22,8 @@ import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import { loadOrCreateEd25519Key } from '../../attest/key-file.ts'
 import { ProvenanceError, verifyBundle, type Chain } from '../../attest/provenance.ts'
 import { issueToken, TokenError, verifyToken } from '../../attest/token.ts'
+import { signMembership } from '../../attest/attestation.ts'
+import { generateKey } from '@libp2p/pnet'
 import { requestJson, resolveApiUrl, ApiResponseError } from '../cli/api-client.ts'
 import { renderFields, renderTable } from '../cli/table.ts'
 import { parseCommandLine, stringValue, UsageError } from '../cli/usage.ts'
@@ -60,7 +66,16 @@ async function tokenBytes (value: string): Promise<Uint8Array> {
 export async function keyCommand (args: string[], io: CommandIO): Promise<ExitCodeValue> {
   const { positionals } = parseCommandLine('key', args, {}, 2)
   const [sub, path] = positionals
-  if ((sub !== 'new' && sub !== 'id') || path == null) throw new UsageError('usage error: metagrid key new FILE | metagrid key id FILE')
+  if ((sub !== 'new' && sub !== 'id' && sub !== 'psk') || path == null) throw new UsageError('usage error: metagrid key new FILE | key id FILE | key psk FILE')
+  if (sub === 'psk') {
+    const psk = new Uint8Array(95)
+    generateKey(psk)
+    await writeFile(path, psk, { flag: 'wx', mode: 0o600 }).catch((err: NodeJS.ErrnoException) => {
+      throw new UsageError(`usage error: metagrid key psk: cannot create ${path} (${err.code ?? err.message}); an existing file is not overwritten`)
+    })
+    io.stdout.write(`wrote a private-network key to ${path}; give it to every node of the mesh (federation.privateNetworkKeyFile)\n`)
+    return ExitCode.OK
+  }
   if (sub === 'new') {
     const exists = await stat(path).then(() => true, () => false)
     if (exists) throw new UsageError(`usage error: metagrid key new: ${path} exists; it is not overwritten`)
@@ -192,4 +207,37 @@ export async function verifyCommand (args: string[], io: CommandIO): Promise<Exi
     io.stderr.write(`invalid bundle: ${err.check}: ${err.detail}\n`)
     return ExitCode.FAILURE
   }
+}
+
+export async function operatorCommand (args: string[], io: CommandIO): Promise<ExitCodeValue> {
+  const { values, positionals } = parseCommandLine('operator', args, { key: { type: 'string' }, node: { type: 'string' }, ttl: { type: 'string' }, out: { type: 'string' } }, 1)
+  if (positionals[0] !== 'certify') throw new UsageError('usage error: metagrid operator certify --key OPERATOR_KEY --node PEER [--ttl 90d] [--out FILE]')
+  const key = await existingKey(stringValue(values.key), 'metagrid operator certify')
+  const node = stringValue(values.node)
+  if (node == null || !/^[1-9A-HJ-NP-Za-km-z]{40,60}$/.test(node)) throw new UsageError('usage error: metagrid operator certify needs --node PEER (the node\'s peer id, from metagrid status)')
+  const operator = peerIdFromPrivateKey(key).toString()
+  const certificate = await signMembership(key, operator, node, Date.now(), durationMs(stringValue(values.ttl) ?? '90d', '--ttl'))
+  const text = `${Buffer.from(certificate).toString('base64url')}\n`
+  const out = stringValue(values.out)
+  if (out == null) io.stdout.write(text)
+  else {
+    await writeFile(out, text, { mode: 0o644 })
+    io.stdout.write(`wrote the certificate of ${node} (operator ${operator}) to ${out}; point the node's federation.certificateFile at it\n`)
+  }
+  return ExitCode.OK
+}
+
+export async function attestCommand (args: string[], io: CommandIO): Promise<ExitCodeValue> {
+  const { values } = parseCommandLine('attest', args, { api: { type: 'string' }, json: { type: 'boolean' } })
+  const view = await requestJson<{ node: string, operator: string | null, software: { version: string, codeDigest: string }, configDigest: string, runtime: { node: string, os: string, arch: string }, quote: { kind: string, reason?: string }, expiresAt: number }>(resolveApiUrl(stringValue(values.api), io.env), '/v1/attestation')
+  if (values.json === true) {
+    io.stdout.write(`${JSON.stringify(view, null, 2)}\n`)
+    return ExitCode.OK
+  }
+  io.stdout.write(renderFields([
+    ['node', view.node], ['operator', view.operator ?? 'none (no membership certificate)'], ['software', `metagrid ${view.software.version}`],
+    ['code digest', view.software.codeDigest], ['config digest', view.configDigest], ['runtime', `Node ${view.runtime.node}, ${view.runtime.os} ${view.runtime.arch}`],
+    ['hardware quote', view.quote.kind === 'none' ? view.quote.reason ?? 'none' : view.quote.kind], ['valid until', new Date(view.expiresAt).toISOString()]
+  ]))
+  return ExitCode.OK
 }

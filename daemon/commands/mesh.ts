@@ -22,8 +22,8 @@ export async function meshCommand (args: string[], io: CommandIO): Promise<ExitC
   }
   io.stdout.write(`this node ${view.self.peerId}  coordinate error ${view.self.coordinate.error.toFixed(2)}  cpu ${percent(view.self.load?.cpu)}  mem ${percent(view.self.load?.memory)}\n\n`)
   io.stdout.write(renderTable(
-    ['peer', 'state', 'for', 'heard', 'cpu', 'mem', 'queue', 'shards', 'rtt est', 'rtt meas', 'score'],
-    view.peers.map((peer) => [
+    ['peer', 'state', 'for', 'heard', 'cpu', 'mem', 'queue', 'shards', 'rtt est', 'rtt meas', 'score', 'trust'],
+    view.peers.map((peer: MeshView['peers'][number] & { trust?: string }) => [
       peer.peerId,
       peer.state,
       ago(peer.sinceMs),
@@ -34,7 +34,9 @@ export async function meshCommand (args: string[], io: CommandIO): Promise<ExitC
       String(peer.load?.shards ?? '-'),
       ms(peer.rttEstimateMs),
       ms(peer.rttMeasuredMs),
-      peer.gossipScore.toFixed(1)
+      peer.gossipScore.toFixed(1),
+      // A node placement will never choose as a host is marked.
+      peer.trust == null || peer.trust === 'trusted' || peer.trust === 'open-mesh' ? (peer.trust ?? '-') : `${peer.trust} (never hosts)`
     ])
   ))
   return ExitCode.OK

@@ -39,6 +39,7 @@ function exitCodeFor (err: unknown): ExitCodeValue {
     case 'AddressInUseError':
       return ExitCode.ADDRESS
     case 'PolicyError':
+    case 'FederationFileError':
       return ExitCode.USAGE
     default:
       return (err as NodeJS.ErrnoException).code === 'EACCES' ? ExitCode.DATA_DIR : ExitCode.FAILURE

@@ -194,6 +194,24 @@ const sloSchema = z.strictObject({
   minEvents: z.int().min(1).max(1_000_000).default(20)
 })
 
+const federationSchema = z.strictObject({
+  /** Operator keys (peer ids) whose nodes may host and replicate shards. Empty: an open mesh, where any node may. */
+  trustedOperators: z.array(z.string().min(1).max(128)).max(1024).default([]),
+  /** Code digests (sha256:…) accepted from hosts, as `metagrid attest` prints them. Empty: any. */
+  acceptedCodeDigests: z.array(z.string().regex(/^sha256:[0-9a-f]{64}$/, { error: 'expected sha256:<64 hex>' })).max(1024).default([]),
+  /** This node's membership certificate from its operator (base64 text, from `metagrid operator certify`). */
+  certificateFile: z.string().min(1).optional(),
+  /** A libp2p private-network key file (the swarm.key format): only nodes with the same key connect. */
+  privateNetworkKeyFile: z.string().min(1).optional()
+})
+
+const attestationSchema = z.strictObject({
+  /** An attestation lives this long; it is re-issued at half of it. */
+  validityMs: z.int().min(10_000).max(30 * 86_400_000).default(86_400_000),
+  /** An executable that takes a nonce and prints a hardware quote as JSON { kind, evidence }; none: the node attests as software-only. */
+  quoteCommand: z.string().min(1).optional()
+})
+
 export const configSchema = z.strictObject({
   dataDir: z.string().min(1),
   listen: z.array(multiaddrString).min(1, { error: 'expected at least one listen multiaddr' }),
@@ -213,7 +231,9 @@ export const configSchema = z.strictObject({
   catalog: catalogSchema.prefault({}),
   shards: shardsSchema.prefault({}),
   placement: placementSchema.prefault({}),
-  slo: sloSchema.prefault({})
+  slo: sloSchema.prefault({}),
+  federation: federationSchema.prefault({}),
+  attestation: attestationSchema.prefault({})
 })
 
 export type Config = z.infer<typeof configSchema>

@@ -37,6 +37,7 @@ import { LEASE_PROTOCOL } from '../constants.ts'
 import { shouldMove } from './hysteresis.ts'
 import { World, type ShardInfo, type WorldConfig } from './world.ts'
 import type { Policy } from './policy.ts'
+import { AttestationError, mayHost, trustOf, verifyAttestation, type FederationPolicy, type Trust, type VerifiedAttestation } from '../../attest/attestation.ts'
 import type { Catalog } from '../catalog/catalog.ts'
 import type { MetagridLibp2p } from '../libp2p.ts'
 import type { Mesh } from '../mesh.ts'
@@ -69,6 +70,8 @@ export interface PlacementComponents {
   mesh: Mesh
   catalog: Catalog
   policy: Policy
+  /** Which operators' nodes may host, and which code digests are accepted. */
+  federation: FederationPolicy
   /** Where this node's lease votes are kept. */
   votes: Sublevel
   metrics: Metrics | null
@@ -145,6 +148,9 @@ export class Placement {
   /** Verified descriptors and lease records by their base64 text; both are immutable once signed. */
   private readonly descriptors = new Map<string, CapabilityDescriptor | null>()
   private readonly leaseRecords = new Map<string, VerifiedLease | null>()
+  private readonly attestations = new Map<string, VerifiedAttestation | null>()
+  /** Each node's standing under the federation policy, as of the last round. */
+  private readonly trust = new Map<string, { trust: Trust, operator: string | null, codeDigest: string | null }>()
   private readonly leases = new Map<string, VerifiedLease>()
   private readonly pastHolders = new Map<string, Set<string>>()
   private readonly held = new Map<string, { terms: LeaseTerms, record: Uint8Array }>()
@@ -277,7 +283,11 @@ export class Placement {
         const descriptor = await this.descriptor(id.slice(5), text, now)
         if (descriptor == null || descriptor.expiresAt <= now) continue
         this.addrs.set(descriptor.peerId, descriptor.addrs)
-        const candidate = this.candidate(descriptor)
+        const att = doc.entity(id)?.components.att
+        const attestation = typeof att === 'string' ? await this.attestation(descriptor.peerId, att, now) : null
+        const trust = trustOf(attestation, this.components.federation)
+        this.trust.set(descriptor.peerId, { trust, operator: attestation?.operator ?? null, codeDigest: attestation?.software.codeDigest ?? null })
+        const candidate = this.candidate(descriptor, attestation, trust)
         if (candidate != null) candidates.push(candidate)
       } else if (id.startsWith('lease.')) {
         const shard = id.slice(6)
@@ -304,6 +314,29 @@ export class Placement {
     }
     this.descriptors.set(text, descriptor)
     return descriptor
+  }
+
+  private async attestation (peerId: string, text: string, now: number): Promise<VerifiedAttestation | null> {
+    const cached = this.attestations.get(text)
+    if (cached !== undefined) return cached != null && cached.expiresAt > now ? cached : null
+    if (this.attestations.size > 10_000) this.attestations.clear()
+    let attestation: VerifiedAttestation | null = null
+    try {
+      attestation = await verifyAttestation(unb64(text), now)
+      if (attestation.node !== peerId) throw new AttestationError('subject', `the entry of ${peerId} holds the attestation of ${attestation.node}`)
+    } catch (err) {
+      if (!(err instanceof AttestationError)) throw err
+      this.components.metrics?.catalogRejected.inc({ reason: `attestation-${err.check}` })
+      this.log.warn({ code: 'BAD_ATTESTATION', peer: peerId, check: err.check, reason: err.detail }, 'a node\'s attestation does not verify; it cannot host shards')
+      attestation = null
+    }
+    this.attestations.set(text, attestation)
+    return attestation
+  }
+
+  /** A node's standing under the federation policy (for the mesh view), or undefined if it has published nothing. */
+  trustOf (peerId: string): { trust: Trust, operator: string | null, codeDigest: string | null } | undefined {
+    return this.trust.get(peerId)
   }
 
   private async leaseRecord (text: string, now: number): Promise<VerifiedLease | null> {
@@ -337,7 +370,7 @@ export class Placement {
     }
   }
 
-  private candidate (descriptor: CapabilityDescriptor): Candidate | null {
+  private candidate (descriptor: CapabilityDescriptor, attestation: VerifiedAttestation | null, trust: Trust): Candidate | null {
     const { mesh } = this.components
     const own = descriptor.peerId === this.self
     if (!own && (mesh.membership.get(descriptor.peerId)?.state ?? 'dead') === 'dead') return null
@@ -345,9 +378,10 @@ export class Placement {
     return {
       peerId: descriptor.peerId,
       region: descriptor.region,
-      operator: descriptor.operator,
+      // The operator a certificate proves, not the one the descriptor declares.
+      operator: attestation?.operator ?? null,
       tags: new Set(tagsOf(descriptor)),
-      trusted: true,
+      trusted: mayHost(trust),
       cost: descriptor.cost.perCoreHour,
       reliability: descriptor.reliability.uptime,
       headroom: report == null ? 0.5 : 1 - report.cpu,
@@ -362,7 +396,7 @@ export class Placement {
    */
   private compute (): void {
     const fingerprint = JSON.stringify(this.candidates.map((c) => [
-      c.peerId, c.region, c.operator, [...c.tags].sort(), c.cost, Math.floor(c.reliability * 10 + 1e-9), Math.floor(c.headroom * 4 + 1e-9),
+      c.peerId, c.region, c.operator, c.trusted, [...c.tags].sort(), c.cost, Math.floor(c.reliability * 10 + 1e-9), Math.floor(c.headroom * 4 + 1e-9),
       c.coordinate == null ? null : [c.coordinate.vec.map((x) => Math.round(x / 10)), Math.round(c.coordinate.height / 10)]
     ]).sort())
     if (fingerprint === this.fingerprint) return
