@@ -267,7 +267,7 @@ export class MetagridNode {
             guardWrite: (shard: string, epoch: number | undefined) => {
               if (slo.shedding() && placementPart.world.shard(shard)?.layer.decorative === true) {
                 metrics.shed.inc({ what: 'decorative_write' })
-                throw new ApiError(503, 'SHED_LOAD', `writes to decorative shards are shed while an SLO burns its error budget (${slo.evaluate().breakers[0]?.reason ?? 'see /v1/slo'}); retry later`)
+                throw new ApiError(503, 'SHED_LOAD', `writes to decorative shards are shed while an SLO burns its error budget (${slo.shedReason() ?? 'see /v1/slo'}); retry later`)
               }
               try {
                 placementPart.guardWrite(shard, epoch)

@@ -169,6 +169,11 @@ export class SloTracker {
     return this.breaker.open
   }
 
+  /** Why the breaker is open, as of the last evaluation; null when it is closed. */
+  shedReason (): string | null {
+    return this.breaker.open ? this.breaker.reason : null
+  }
+
   evaluate (): SloReport {
     const now = this.now()
     const { windowMs, burnWindowMs } = this.options

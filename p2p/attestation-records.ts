@@ -6,6 +6,7 @@
 import * as dagCbor from '@ipld/dag-cbor'
 import { toString } from 'uint8arrays/to-string'
 import { AttestationError, verifyAttestation } from '../attest/attestation.ts'
+import { newestSelector } from './catalog/records.ts'
 import type { Metrics } from '../daemon/metrics.ts'
 import type { SelectFn, ValidateFn } from '@libp2p/kad-dht'
 
@@ -35,8 +36,5 @@ function issuedAt (value: Uint8Array): number {
   }
 }
 
-export const attestationSelector: SelectFn = (_key, records) => {
-  let best = 0
-  records.forEach((record, index) => { if (issuedAt(record) > issuedAt(records[best]!)) best = index })
-  return best
-}
+/** Picks the newest attestation; on a tie, the first seen. */
+export const attestationSelector: SelectFn = newestSelector(issuedAt)

@@ -50,16 +50,21 @@ function issuedAt (value: Uint8Array): number {
   }
 }
 
-/** Picks the newest descriptor; on a tie, the first seen. */
-export const descriptorSelector: SelectFn = (_key, records) => {
-  let best = 0
-  let bestIssued = -Infinity
-  records.forEach((record, index) => {
-    const issued = issuedAt(record)
-    if (issued > bestIssued) {
-      best = index
-      bestIssued = issued
-    }
-  })
-  return best
+/** A selector that picks the newest record by `issuedAt`; on a tie, the first seen. Decodes each record once. */
+export function newestSelector (issuedAt: (record: Uint8Array) => number): SelectFn {
+  return (_key, records) => {
+    let best = 0
+    let bestIssued = -Infinity
+    records.forEach((record, index) => {
+      const issued = issuedAt(record)
+      if (issued > bestIssued) {
+        best = index
+        bestIssued = issued
+      }
+    })
+    return best
+  }
 }
+
+/** Picks the newest descriptor; on a tie, the first seen. */
+export const descriptorSelector: SelectFn = newestSelector(issuedAt)

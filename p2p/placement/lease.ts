@@ -119,6 +119,11 @@ function majority (set: readonly string[], granted: ReadonlySet<string>): boolea
   return set.filter((p) => granted.has(p)).length * 2 > set.length
 }
 
+/** Whether `granted` holds a majority of the lease's voters and, if it has any, of the previous voters. */
+export function hasQuorum (terms: Pick<LeaseTerms, 'voters' | 'prev'>, granted: ReadonlySet<string>): boolean {
+  return majority(terms.voters, granted) && (terms.prev.length === 0 || majority(terms.prev, granted))
+}
+
 /** Verifies a lease record: the holder's signature and a majority of valid grants from `voters` and from `prev`. */
 export async function verifyLeaseRecord (record: Uint8Array, now: number): Promise<VerifiedLease> {
   let decoded: unknown

@@ -26,18 +26,17 @@
  */
 import { createHash } from 'node:crypto'
 import { peerIdFromString } from '@libp2p/peer-id'
+import { AttestationError, mayHost, trustOf, verifyAttestation, type FederationPolicy, type Trust, type VerifiedAttestation } from '../../attest/attestation.ts'
 import { signStatement } from '../../attest/statement.ts'
 import { openDescriptor, type CapabilityDescriptor } from '../catalog/descriptor.ts'
 import { tagsOf } from '../catalog/tags.ts'
-import { PLACEMENT_SHARD } from '../constants.ts'
+import { LEASE_PROTOCOL, PLACEMENT_SHARD } from '../constants.ts'
 import { assign, explain, type Assignment, type Candidate, type Explained, type PlacementParams } from './assign.ts'
-import { encodeLeaseRecord, LeaseVoter, openRelease, signLease, signRelease, verifyLeaseRecord, LeaseError, type LeaseTerms, type VerifiedLease, type Vote } from './lease.ts'
+import { encodeLeaseRecord, hasQuorum, LeaseVoter, openRelease, signLease, signRelease, verifyLeaseRecord, LeaseError, type LeaseTerms, type VerifiedLease, type Vote } from './lease.ts'
 import { handleLeaseProtocol, requestHandoff, requestVote, type HandoffAnswer } from './lease-protocol.ts'
-import { LEASE_PROTOCOL } from '../constants.ts'
 import { shouldMove } from './hysteresis.ts'
 import { World, type ShardInfo, type WorldConfig } from './world.ts'
 import type { Policy } from './policy.ts'
-import { AttestationError, mayHost, trustOf, verifyAttestation, type FederationPolicy, type Trust, type VerifiedAttestation } from '../../attest/attestation.ts'
 import type { Catalog } from '../catalog/catalog.ts'
 import type { MetagridLibp2p } from '../libp2p.ts'
 import type { Mesh } from '../mesh.ts'
@@ -462,8 +461,7 @@ export class Placement {
         refusals.push(vote)
       }
     }
-    const majority = (set: string[]): boolean => set.filter((p) => granted.has(p)).length * 2 > set.length
-    if (!majority(terms.voters) || (terms.prev.length > 0 && !majority(terms.prev))) return { refusals }
+    if (!hasQuorum(terms, granted)) return { refusals }
     return { record: encodeLeaseRecord(lease, grants), refusals }
   }
 
@@ -616,7 +614,7 @@ export class Placement {
     const now = Date.now()
     if (!this.running || now - this.startedAt < this.options.settleMs + this.options.leaseMs) return null
     const all = this.world.all()
-    return { good: all.filter((s) => { const l = this.leases.get(s.id); return l != null && now < l.expiresAt }).length, total: all.length }
+    return { good: all.filter((s) => this.hostOf(s.id) != null).length, total: all.length }
   }
 
   /** Shards whose lease this node holds now. */
@@ -714,6 +712,6 @@ export class Placement {
     metrics.placementEpochMax.set(max)
     metrics.placementOverflow.set([...this.assignment.values()].filter((a) => a.overflow).length)
     const all = this.world.all()
-    metrics.placementUnheld.set(all.filter((s) => { const l = this.leases.get(s.id); return l == null || Date.now() >= l.expiresAt }).length)
+    metrics.placementUnheld.set(all.filter((s) => this.hostOf(s.id) == null).length)
   }
 }

@@ -3,21 +3,12 @@
  * when the peer comes back: a daemon that runs for months cannot depend on
  * its first dial.
  */
-import { createServer } from 'node:net'
 import { afterAll, describe, expect, it } from 'vitest'
-import { getJson, TestBed, waitFor } from '../helpers/daemons.ts'
+import { freePort, getJson, TestBed, waitFor } from '../helpers/daemons.ts'
 import { metricValue, scrape } from '../helpers/metrics.ts'
 
 const bed = new TestBed()
 afterAll(async () => bed.cleanup())
-
-async function freePort (): Promise<number> {
-  const server = createServer()
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  const { port } = server.address() as { port: number }
-  await new Promise((resolve) => server.close(resolve))
-  return port
-}
 
 describe('bootstrap', () => {
   it('keeps dialing a bootstrap peer that is down, and joins when it is up', async () => {

@@ -8,7 +8,7 @@ import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { afterAll, describe, expect, it } from 'vitest'
 import { BIN_PATH, cleanDaemonEnv } from '../../daemon/process.ts'
-import { getJson, TestBed, waitFor } from '../helpers/daemons.ts'
+import { getJson, runCli, TestBed, waitFor } from '../helpers/daemons.ts'
 
 const bed = new TestBed()
 afterAll(async () => bed.cleanup())
@@ -23,7 +23,7 @@ async function run (command: string, args: string[], env: NodeJS.ProcessEnv = {}
     .catch((err: { code: number, stdout: string, stderr: string }) => ({ code: err.code, stdout: err.stdout, stderr: err.stderr }))
 }
 
-const metagrid = async (args: string[], env: NodeJS.ProcessEnv = {}): Promise<Run> => run(process.execPath, [BIN_PATH, ...args], env)
+const metagrid = runCli
 
 describe('metagrid start refuses bad configuration with exit code 2', () => {
   it('names the flag, its value and what was expected', async () => {
@@ -52,6 +52,19 @@ describe('metagrid start refuses bad configuration with exit code 2', () => {
     const { code, stderr } = await metagrid(['start', '--listn', '/ip4/0.0.0.0/tcp/1'])
     expect(code).toBe(2)
     expect(stderr).toBe("usage error: metagrid start: Unknown option '--listn' (see metagrid help)\n")
+  })
+
+  it('names a placement policy file or a federation file it cannot use', async () => {
+    const dir = await bed.tempDir()
+    const policy = join(dir, 'policy.json')
+    await writeFile(policy, JSON.stringify({ version: 1, rules: [{ name: 'eu', allowRegions: ['europe'] }] }))
+    const start = ['start', '--data-dir', dir, '--listen', '/ip4/127.0.0.1/tcp/0', '--api', '127.0.0.1:0']
+    const badPolicy = await metagrid(start, { METAGRID_PLACEMENT_POLICY_FILE: policy })
+    expect(badPolicy.code).toBe(2)
+    expect(badPolicy.stdout + badPolicy.stderr).toContain(`${policy}: rules.0.allowRegions.0`)
+    const missing = await metagrid(start, { METAGRID_FEDERATION_CERTIFICATE_FILE: join(dir, 'no.cert') })
+    expect(missing.code).toBe(2)
+    expect(missing.stdout + missing.stderr).toContain('cannot read federation.certificateFile')
   })
 
   it('rejects an unknown command', async () => {

@@ -30,7 +30,11 @@ describe('a three-node mesh of daemon processes', () => {
     expect(status).toMatchObject({ peerId: b.peerId, version: expect.any(String), node: expect.stringMatching(/^v2[4-9]\./) })
     expect(status.addrs).toEqual(b.addrs)
     expect(status.uptimeS).toBeGreaterThanOrEqual(0)
-    const { peers } = await getJson(b.api, '/v1/peers')
+    // A peer's agent is known once identify has run on the connection; a loaded machine can lag it by a moment.
+    const { peers } = await waitFor('identify to finish with both peers', async () => {
+      const answer = await getJson(b.api, '/v1/peers')
+      return answer.peers.every((peer: { agent: unknown }) => typeof peer.agent === 'string') ? answer : undefined
+    })
     expect(peers.map((peer: { peerId: string }) => peer.peerId).sort()).toEqual([seed.peerId, c.peerId].sort())
     for (const peer of peers) {
       // Two nodes that dial each other at the same moment can hold two connections; each is listed.

@@ -5,13 +5,9 @@
  * marks it. Every node attests what it runs. All three share a private
  * network key; a node with another key cannot connect to them at all.
  */
-import { execFile } from 'node:child_process'
-import { mkdir } from 'node:fs/promises'
 import { join } from 'node:path'
-import { promisify } from 'node:util'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { BIN_PATH, cleanDaemonEnv } from '../../daemon/process.ts'
-import { getJson, TestBed, waitFor, type TestDaemon } from '../helpers/daemons.ts'
+import { getJson, runCli, TestBed, waitFor, type TestDaemon } from '../helpers/daemons.ts'
 
 const bed = new TestBed()
 let nodes: TestDaemon[] = []
@@ -19,15 +15,7 @@ let operatorId: string
 let env: NodeJS.ProcessEnv
 let dir: string
 
-async function metagrid (args: string[], extraEnv: NodeJS.ProcessEnv = {}): Promise<{ code: number, stdout: string, stderr: string }> {
-  try {
-    const { stdout, stderr } = await promisify(execFile)(process.execPath, [BIN_PATH, ...args], { env: cleanDaemonEnv(process.env, extraEnv), timeout: 60_000 })
-    return { code: 0, stdout, stderr }
-  } catch (err) {
-    const e = err as { code: number, stdout: string, stderr: string }
-    return { code: e.code, stdout: e.stdout, stderr: e.stderr }
-  }
-}
+const metagrid = runCli
 
 beforeAll(async () => {
   dir = await bed.tempDir()
@@ -50,7 +38,6 @@ beforeAll(async () => {
   const dataDirs: string[] = []
   for (let i = 0; i < 3; i++) {
     const dataDir = await bed.tempDir()
-    await mkdir(dataDir, { recursive: true })
     const peerId = (await metagrid(['key', 'new', join(dataDir, 'node.key')])).stdout.trim()
     if (i < 2) {
       const out = join(dir, `node-${i}.cert`)

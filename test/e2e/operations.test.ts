@@ -8,13 +8,11 @@
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process'
 import { mkdir, writeFile } from 'node:fs/promises'
-import { createServer } from 'node:net'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { chromium } from 'playwright-core'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { BIN_PATH, cleanDaemonEnv } from '../../daemon/process.ts'
-import { getJson, TestBed, waitFor, type TestDaemon } from '../helpers/daemons.ts'
+import { freePort, getJson, runCli, TestBed, waitFor, type TestDaemon } from '../helpers/daemons.ts'
 
 const ROOT = new URL('../..', import.meta.url).pathname
 const run = promisify(execFile)
@@ -45,14 +43,6 @@ const bed = new TestBed()
 let nodes: TestDaemon[] = []
 let prometheus: ChildProcess | undefined
 const logs: string[] = []
-
-async function freePort (): Promise<number> {
-  const server = createServer()
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  const { port } = server.address() as { port: number }
-  await new Promise((resolve) => server.close(resolve))
-  return port
-}
 
 beforeAll(async () => {
   const first = await bed.start({ env: ENV })
@@ -113,7 +103,8 @@ describe('operations on a 3-node devnet', () => {
     const report = await getJson(nodes[0]!.api, '/v1/slo')
     expect(report.objectives.map((o: { name: string }) => o.name)).toEqual(['api-latency', 'convergence', 'shard-availability'])
     await waitFor('shard availability to have data', async () => (await getJson(nodes[0]!.api, '/v1/slo')).objectives[2].total > 0, 20_000)
-    const { stdout } = await run(process.execPath, [BIN_PATH, 'slo', '--api', nodes[0]!.api], { env: cleanDaemonEnv(process.env) })
+    const { code, stdout } = await runCli(['slo', '--api', nodes[0]!.api])
+    expect(code).toBe(0)
     expect(stdout).toContain('API requests answered within 250 ms')
     expect(stdout).toContain('breaker decorative: closed')
   })

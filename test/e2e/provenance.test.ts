@@ -6,15 +6,12 @@
  * as evidence, and an exported bundle verifies offline with `metagrid
  * verify` and fails after a one-byte change.
  */
-import { execFile } from 'node:child_process'
 import { readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { promisify } from 'node:util'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { loadOrCreateEd25519Key } from '../../attest/key-file.ts'
 import { signProvenance } from '../../attest/provenance.ts'
-import { BIN_PATH, cleanDaemonEnv } from '../../daemon/process.ts'
-import { getJson, TestBed, waitFor, type TestDaemon } from '../helpers/daemons.ts'
+import { getJson, runCli, TestBed, waitFor, type TestDaemon } from '../helpers/daemons.ts'
 
 const bed = new TestBed()
 let a: TestDaemon
@@ -23,16 +20,7 @@ let b: TestDaemon
 let bApi: string
 let dir: string
 
-interface Run { code: number, stdout: string, stderr: string }
-async function metagrid (args: string[]): Promise<Run> {
-  try {
-    const { stdout, stderr } = await promisify(execFile)(process.execPath, [BIN_PATH, ...args], { env: cleanDaemonEnv(process.env), timeout: 60_000 })
-    return { code: 0, stdout, stderr }
-  } catch (err) {
-    const e = err as { code: number, stdout: string, stderr: string }
-    return { code: e.code, stdout: e.stdout, stderr: e.stderr }
-  }
-}
+const metagrid = runCli
 
 async function post (api: string, path: string, body: unknown, token?: string): Promise<{ status: number, json: any }> {
   const response = await fetch(`${api}${path}`, { method: 'POST', headers: { 'content-type': 'application/json', ...(token != null ? { authorization: `Bearer ${token}` } : {}) }, body: JSON.stringify(body) })

@@ -2,10 +2,13 @@
  * Real daemon processes for end-to-end tests, started through the CLI exactly
  * as an operator would, each in its own temporary data directory.
  */
+import { execFile } from 'node:child_process'
 import { mkdtemp, rm } from 'node:fs/promises'
+import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { cleanDaemonEnv, spawnDaemon, type DaemonProcess } from '../../daemon/process.ts'
+import { promisify } from 'node:util'
+import { BIN_PATH, cleanDaemonEnv, spawnDaemon, type DaemonProcess } from '../../daemon/process.ts'
 import type { ReadyInfo } from '../../daemon/node.ts'
 
 export interface TestDaemon extends ReadyInfo {
@@ -67,4 +70,22 @@ export async function waitFor<T> (what: string, check: () => Promise<T> | T, tim
     await new Promise((resolve) => setTimeout(resolve, intervalMs))
   }
   throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${lastError != null ? `: ${(lastError as Error).message}` : ''}`)
+}
+
+export interface CliRun { code: number, stdout: string, stderr: string }
+
+/** Runs `metagrid ARGS` as a real process with a clean environment (plus `env`); never throws on a non-zero exit. */
+export async function runCli (args: string[], env: NodeJS.ProcessEnv = {}): Promise<CliRun> {
+  return promisify(execFile)(process.execPath, [BIN_PATH, ...args], { env: cleanDaemonEnv(process.env, env), timeout: 60_000 })
+    .then(({ stdout, stderr }) => ({ code: 0, stdout, stderr }))
+    .catch((err: { code: number, stdout: string, stderr: string }) => ({ code: err.code, stdout: err.stdout, stderr: err.stderr }))
+}
+
+/** A TCP port on loopback that was free a moment ago. */
+export async function freePort (): Promise<number> {
+  const server = createServer()
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const { port } = server.address() as { port: number }
+  await new Promise((resolve) => server.close(resolve))
+  return port
 }

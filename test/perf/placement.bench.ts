@@ -9,6 +9,7 @@ import { assign, defaultPlacementParams, hash32, rendezvous, type Candidate } fr
 import { Policy } from '../../p2p/placement/policy.ts'
 import { World, worldSchema, type ShardInfo } from '../../p2p/placement/world.ts'
 import { pickCities } from '../testbed/geo.ts'
+import { placementTestEnv } from '../testbed/placement-env.ts'
 import { Testbed } from '../testbed/testbed.ts'
 import { sleep, summary } from './harness.ts'
 import type { PlacementView } from '../../p2p/placement/placement.ts'
@@ -103,23 +104,7 @@ async function failover (trials: number): Promise<Record<string, unknown>> {
   const leaseMs = 4_000
   const bed = await Testbed.start({
     cities: pickCities(4),
-    env: {
-      METAGRID_TELEMETRY_INTERVAL_MS: '500',
-      METAGRID_PROBES_INTERVAL_MS: '250',
-      METAGRID_MEMBERSHIP_SUSPECT_AFTER_MS: '2000',
-      METAGRID_MEMBERSHIP_DEAD_AFTER_MS: '3000',
-      METAGRID_PLACEMENT_WORLD_MAX_X: '400',
-      METAGRID_PLACEMENT_WORLD_MAX_Y: '400',
-      METAGRID_PLACEMENT_WORLD_CELL_SIZE: '100',
-      METAGRID_PLACEMENT_WORLD_LAYERS: JSON.stringify([{ name: 'physics', consistency: 'host' }]),
-      METAGRID_PLACEMENT_LEASE_MS: String(leaseMs),
-      METAGRID_PLACEMENT_MARGIN_MS: '500',
-      METAGRID_PLACEMENT_TICK_MS: '500',
-      METAGRID_PLACEMENT_MIN_HOLD_MS: '3000',
-      METAGRID_PLACEMENT_SETTLE_MS: '3000',
-      METAGRID_PLACEMENT_WEIGHTS_HEADROOM: '0',
-      METAGRID_PLACEMENT_WEIGHTS_RELIABILITY: '0'
-    }
+    env: placementTestEnv({ side: 400, leaseMs })
   })
   const times: number[] = []
   try {
