@@ -8,10 +8,11 @@
  * `nodejs_*`: heap, event-loop lag, GC) are registered in the same registry.
  */
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client'
+import type { P2pMetrics } from '../p2p/metrics.ts'
 
 export type ScrapeHook = () => void
 
-export class Metrics {
+export class Metrics implements P2pMetrics {
   readonly registry: Registry
   private readonly scrapeHooks: ScrapeHook[] = []
 
@@ -28,6 +29,8 @@ export class Metrics {
   readonly gossipInvalid: Counter<'topic' | 'reason' | 'action'>
   /** Messages on direct streams (probe, sync) refused as malformed or abusive, by protocol and reason. */
   readonly wireRejected: Counter<'protocol' | 'reason'>
+  /** Remote changes refused by the admission layer (who may change what), by the path that brought them, reason and action. */
+  readonly admissionRejected: Counter<'path' | 'reason' | 'action'>
   readonly telemetryPublished: Counter
   readonly probeRtt: Histogram
   readonly probeFailures: Counter<'kind'>
@@ -90,6 +93,7 @@ export class Metrics {
     this.gossipMessages = new Counter({ name: 'metagrid_gossip_messages_total', help: 'Gossip messages validated, by topic kind and result', labelNames: ['topic', 'result'], registers })
     this.gossipInvalid = new Counter({ name: 'metagrid_gossip_invalid_total', help: 'Gossip messages refused, by topic kind, reason and action', labelNames: ['topic', 'reason', 'action'], registers })
     this.wireRejected = new Counter({ name: 'metagrid_wire_rejected_total', help: 'Direct-stream messages refused, by protocol and reason', labelNames: ['protocol', 'reason'], registers })
+    this.admissionRejected = new Counter({ name: 'metagrid_admission_rejected_total', help: 'Remote changes refused by the admission layer, by path (gossip, sync, handoff, lease), reason and action', labelNames: ['path', 'reason', 'action'], registers })
     this.telemetryPublished = new Counter({ name: 'metagrid_telemetry_reports_published_total', help: 'Load reports this node published', registers })
     this.probeRtt = new Histogram({
       name: 'metagrid_probe_rtt_seconds',

@@ -7,12 +7,12 @@ import * as dagCbor from '@ipld/dag-cbor'
 import { toString } from 'uint8arrays/to-string'
 import { AttestationError, verifyAttestation } from '../attest/attestation.ts'
 import { newestSelector } from './catalog/records.ts'
-import type { Metrics } from '../daemon/metrics.ts'
+import type { P2pMetrics } from './metrics.ts'
 import type { SelectFn, ValidateFn } from '@libp2p/kad-dht'
 
 const PREFIX = '/metagrid-att/'
 
-export function attestationValidator (metrics: Metrics | null, now: () => number = Date.now): ValidateFn {
+export function attestationValidator (metrics: P2pMetrics | null, now: () => number = Date.now): ValidateFn {
   return async (key, value) => {
     const text = toString(key)
     try {

@@ -9,8 +9,8 @@
  */
 import { multiaddr } from '@multiformats/multiaddr'
 import type { MetagridLibp2p } from './libp2p.ts'
-import type { Logger } from '../daemon/log/logger.ts'
-import type { Metrics } from '../daemon/metrics.ts'
+import type { Logger } from './logger.ts'
+import type { P2pMetrics } from './metrics.ts'
 
 export interface BootstrapOptions {
   addrs: string[]
@@ -33,7 +33,7 @@ export const defaultBootstrapOptions: Omit<BootstrapOptions, 'addrs'> = {
 
 export interface BootstrapComponents {
   libp2p: MetagridLibp2p
-  metrics: Metrics | null
+  metrics: P2pMetrics | null
   logger: Logger
 }
 

@@ -13,8 +13,8 @@ import { LoadSampler, type LoadSources } from './telemetry/load-sampler.ts'
 import { Telemetry, type TelemetryOptions } from './telemetry/telemetry.ts'
 import type { LoadReport } from './telemetry/load-report.ts'
 import { gossipScore, type MetagridLibp2p } from './libp2p.ts'
-import type { Logger } from '../daemon/log/logger.ts'
-import type { Metrics } from '../daemon/metrics.ts'
+import type { Logger } from './logger.ts'
+import type { P2pMetrics } from './metrics.ts'
 import type { PrivateKey } from '@libp2p/interface'
 
 export interface MeshOptions {
@@ -27,7 +27,7 @@ export interface MeshComponents {
   libp2p: MetagridLibp2p
   privateKey: PrivateKey
   loadSources?: Partial<LoadSources>
-  metrics: Metrics | null
+  metrics: P2pMetrics | null
   logger: Logger
 }
 

@@ -12,15 +12,15 @@
 import { resolveChain, verifyRecord, encodeBundle, ProvenanceError, type Chain, type ProvenanceRecord } from '../attest/provenance.ts'
 import { PROVENANCE_SHARD } from './constants.ts'
 import type { Replication } from './sync/replication.ts'
-import type { Logger } from '../daemon/log/logger.ts'
-import type { Metrics } from '../daemon/metrics.ts'
+import type { Logger } from './logger.ts'
+import type { P2pMetrics } from './metrics.ts'
 
 const PREFIX = 'rec.'
 const MAX_CACHED = 50_000
 
 export interface ProvenanceComponents {
   replication: Replication
-  metrics: Metrics | null
+  metrics: P2pMetrics | null
   logger: Logger
 }
 

@@ -25,7 +25,7 @@ import { decodePatch, encodePatch } from './crdt/patch-codec.ts'
 import { ShardDoc, type ApplyResult, type Patch } from './crdt/shard-doc.ts'
 import type { Sublevel } from './database.ts'
 import type { AbstractBatchOptions } from 'abstract-level'
-import type { Logger } from '../daemon/log/logger.ts'
+import type { Logger } from './logger.ts'
 
 export interface ShardStoreOptions {
   batchMs: number

@@ -3,14 +3,14 @@
  * operator declared, and says which is which.
  */
 import { CAPABILITY_TYPE, type Accelerator, type CapabilityDescriptor } from './descriptor.ts'
-import type { Config } from '../../daemon/config/schema.ts'
+import type { CatalogConfig } from './config.ts'
 import type { MeasuredHardware } from './hardware.ts'
 
 export interface DescriptorInputs {
   peerId: string
   operator: string | null
   region: string | undefined
-  catalog: Config['catalog']
+  catalog: CatalogConfig
   hardware: MeasuredHardware
   reliability: { uptime: number, windowS: number }
   addrs: string[]

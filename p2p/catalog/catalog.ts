@@ -12,8 +12,8 @@ import { signDescriptor, type CapabilityDescriptor } from './descriptor.ts'
 import { descriptorKey } from './records.ts'
 import { tagCid, tagsOf } from './tags.ts'
 import type { MetagridLibp2p } from '../libp2p.ts'
-import type { Logger } from '../../daemon/log/logger.ts'
-import type { Metrics } from '../../daemon/metrics.ts'
+import type { Logger } from '../logger.ts'
+import type { P2pMetrics } from '../metrics.ts'
 import type { PrivateKey } from '@libp2p/interface'
 import type { CID } from 'multiformats/cid'
 
@@ -22,7 +22,7 @@ export interface CatalogComponents {
   privateKey: PrivateKey
   /** Everything the descriptor is built from except the time, read fresh for each publication. */
   inputs: () => Omit<DescriptorInputs, 'now'>
-  metrics: Metrics | null
+  metrics: P2pMetrics | null
   logger: Logger
 }
 

@@ -12,8 +12,9 @@
  */
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import { multiaddr } from '@multiformats/multiaddr'
-import { createLogger, type Logger } from '../../daemon/log/logger.ts'
-import { libp2pComponentLogger } from '../../daemon/log/libp2p-logger.ts'
+import type { ComponentLogger } from '@libp2p/interface'
+import { defaultLogger } from '@libp2p/logger'
+import { silentLogger, type Logger } from '../logger.ts'
 import { createMetagridLibp2p, type MetagridLibp2p } from '../libp2p.ts'
 import { defaultDiscoveryOptions, Discovery, type DiscoveryAnswer, type DiscoveryOptions, type DiscoveryQuery } from './discovery.ts'
 import { DESCRIPTOR_NAMESPACE, descriptorSelector, descriptorValidator } from './records.ts'
@@ -24,7 +25,10 @@ export interface CatalogClientOptions {
   /** How long to wait for a bootstrap peer and a usable routing table. */
   connectTimeoutMs?: number
   discovery?: Partial<DiscoveryOptions>
+  /** Where the client's own lines go; none by default. */
   logger?: Logger
+  /** libp2p's component logger; libp2p's default (the DEBUG environment variable) when absent. */
+  libp2pLogger?: ComponentLogger
 }
 
 export class CatalogClientError extends Error {
@@ -43,13 +47,13 @@ export class CatalogClient {
 
   static async connect (options: CatalogClientOptions): Promise<CatalogClient> {
     if (options.bootstrap.length === 0) throw new CatalogClientError('a light client needs at least one bootstrap address')
-    const logger = options.logger ?? createLogger({ level: 'silent', format: 'json' })
+    const logger = options.logger ?? silentLogger
     const libp2p = await createMetagridLibp2p({
       privateKey: await generateKeyPair('Ed25519'),
       listen: [],
       announce: [],
       connections: { maxConnections: 64, maxIncomingPendingConnections: 4, maxParallelDials: 16, dialTimeoutMs: 10_000, inboundConnectionThreshold: 4, allow: [] },
-      logger: libp2pComponentLogger(logger),
+      logger: options.libp2pLogger ?? defaultLogger(),
       metricsRegistry: null,
       version: 'light-client',
       dhtClientMode: true,

@@ -21,8 +21,8 @@ import { descriptorKey } from './records.ts'
 import { pingPeer } from '../ping.ts'
 import { ANY_NODE_TAG, normalizeTagValue, tagCid, tagsOf } from './tags.ts'
 import type { MetagridLibp2p } from '../libp2p.ts'
-import type { Logger } from '../../daemon/log/logger.ts'
-import type { Metrics } from '../../daemon/metrics.ts'
+import type { Logger } from '../logger.ts'
+import type { P2pMetrics } from '../metrics.ts'
 
 export interface DiscoveryQuery {
   /** Capability tags every result must have (`gpu`, `gpu:nvidia-h100`, `arch:x64`, ...). */
@@ -69,7 +69,7 @@ export interface DiscoveryComponents {
   /** RTT to a peer estimated from network coordinates, when the asker has coordinates. */
   estimateRtt?: (peerId: string) => number | undefined
   loadOf?: (peerId: string) => number | undefined
-  metrics: Metrics | null
+  metrics: P2pMetrics | null
   logger: Logger
 }
 

@@ -8,7 +8,7 @@ import * as dagCbor from '@ipld/dag-cbor'
 import { fromString } from 'uint8arrays/from-string'
 import { toString } from 'uint8arrays/to-string'
 import { DescriptorError, openDescriptor } from './descriptor.ts'
-import type { Metrics } from '../../daemon/metrics.ts'
+import type { P2pMetrics } from '../metrics.ts'
 import type { SelectFn, ValidateFn } from '@libp2p/kad-dht'
 
 /** The kad-dht namespace (the first path segment of the key) for capability descriptors. */
@@ -28,7 +28,7 @@ export function peerIdOfDescriptorKey (key: Uint8Array): string {
 }
 
 /** Counts every refusal by reason, then refuses. */
-export function descriptorValidator (metrics: Metrics | null, now: () => number = Date.now): ValidateFn {
+export function descriptorValidator (metrics: P2pMetrics | null, now: () => number = Date.now): ValidateFn {
   return async (key, value) => {
     try {
       await openDescriptor(value, { now: now(), expectedPeerId: peerIdOfDescriptorKey(key) })

@@ -6,8 +6,8 @@
  * is our own bug and becomes Ignore: a peer is never punished for our fault.
  */
 import { TopicValidatorResult, type Message, type SignedMessage, type TopicValidatorFn } from '@libp2p/gossipsub'
-import type { Metrics } from '../../daemon/metrics.ts'
-import type { Logger } from '../../daemon/log/logger.ts'
+import type { P2pMetrics } from '../metrics.ts'
+import type { Logger } from '../logger.ts'
 import type { PeerId } from '@libp2p/interface'
 
 export type ValidationAction = 'reject' | 'ignore'
@@ -33,7 +33,7 @@ export interface TopicValidatorOptions<T> {
   validate: (message: SignedMessage, propagationSource: PeerId) => Promise<T> | T
   /** Called with the validated value of an accepted message, before it is forwarded. */
   onAccept: (value: T, message: SignedMessage) => void
-  metrics: Metrics | null
+  metrics: P2pMetrics | null
   logger: Logger
 }
 

@@ -17,8 +17,8 @@
  * carry the peer id and the reason, for placement and the API.
  */
 import { TypedEventEmitter } from 'main-event'
-import type { Logger } from '../../daemon/log/logger.ts'
-import type { Metrics } from '../../daemon/metrics.ts'
+import type { Logger } from '../logger.ts'
+import type { P2pMetrics } from '../metrics.ts'
 
 export type MemberState = 'alive' | 'suspect' | 'dead'
 
@@ -61,7 +61,7 @@ export interface MembershipComponents {
   /** Direct ping, then indirect pings through other members. */
   check: (peerId: string) => Promise<CheckResult>
   now: () => number
-  metrics: Metrics | null
+  metrics: P2pMetrics | null
   logger: Logger
 }
 

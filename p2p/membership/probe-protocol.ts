@@ -15,8 +15,8 @@ import * as Digest from 'multiformats/hashes/digest'
 import { PROBE_PROTOCOL } from '../constants.ts'
 import { WireProtocolError, wireErrorCode } from '../wire-error.ts'
 import type { MetagridLibp2p } from '../libp2p.ts'
-import type { Logger } from '../../daemon/log/logger.ts'
-import type { Metrics } from '../../daemon/metrics.ts'
+import type { Logger } from '../logger.ts'
+import type { P2pMetrics } from '../metrics.ts'
 import type { PeerId } from '@libp2p/interface'
 
 /** A request or response is a few dozen bytes; anything longer is refused unread. */
@@ -80,7 +80,7 @@ export interface ProbeHandlerComponents {
   libp2p: MetagridLibp2p
   /** Pings `target` and resolves to the RTT in ms; rejects when it cannot be reached in time. */
   ping: (target: PeerId, timeoutMs: number) => Promise<number>
-  metrics: Metrics | null
+  metrics: P2pMetrics | null
   logger: Logger
 }
 

@@ -12,8 +12,8 @@ import { shuffle } from '../shuffle.ts'
 import { pingPeer } from '../ping.ts'
 import type { CheckResult, Membership } from './membership.ts'
 import type { MetagridLibp2p } from '../libp2p.ts'
-import type { Logger } from '../../daemon/log/logger.ts'
-import type { Metrics } from '../../daemon/metrics.ts'
+import type { Logger } from '../logger.ts'
+import type { P2pMetrics } from '../metrics.ts'
 import type { PeerId } from '@libp2p/interface'
 
 export interface ProberOptions {
@@ -29,7 +29,7 @@ export interface ProberComponents {
   vivaldi: VivaldiClient
   /** The latest coordinate a peer reported, if any. */
   coordinateOf: (peerId: string) => Coordinate | undefined
-  metrics: Metrics | null
+  metrics: P2pMetrics | null
   logger: Logger
 }
 

@@ -29,8 +29,8 @@ import type { JsonValue } from '../../storage/crdt/codec.ts'
 import type { ShardStore } from '../../storage/shard-store.ts'
 import type { MetagridLibp2p } from '../libp2p.ts'
 import type { Replication } from '../sync/replication.ts'
-import type { Logger } from '../../daemon/log/logger.ts'
-import type { Metrics } from '../../daemon/metrics.ts'
+import type { Logger } from '../logger.ts'
+import type { P2pMetrics } from '../metrics.ts'
 
 const MAX_FRAME_BYTES = 1024 * 1024
 const MAX_STREAMS = 16
@@ -77,7 +77,7 @@ export interface EntityHandoffComponents {
   hostOf: (shard: string) => string | null
   /** Throws if this node may not write to the shard (not its host). */
   guardWrite: (shard: string) => void
-  metrics: Metrics | null
+  metrics: P2pMetrics | null
   logger: Logger
 }
 

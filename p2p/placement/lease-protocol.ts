@@ -16,8 +16,8 @@ import { LEASE_PROTOCOL } from '../constants.ts'
 import { WireProtocolError, wireErrorCode } from '../wire-error.ts'
 import type { Vote, VoteRefusal } from './lease.ts'
 import type { MetagridLibp2p } from '../libp2p.ts'
-import type { Logger } from '../../daemon/log/logger.ts'
-import type { Metrics } from '../../daemon/metrics.ts'
+import type { Logger } from '../logger.ts'
+import type { P2pMetrics } from '../metrics.ts'
 import type { PeerId } from '@libp2p/interface'
 
 const MAX_FRAME_BYTES = 64 * 1024
@@ -83,7 +83,7 @@ export interface LeaseHandlers {
   handoff: (shard: string, release: Uint8Array, from: PeerId) => Promise<HandoffAnswer>
 }
 
-export async function handleLeaseProtocol (libp2p: MetagridLibp2p, handlers: LeaseHandlers, metrics: Metrics | null, logger: Logger): Promise<void> {
+export async function handleLeaseProtocol (libp2p: MetagridLibp2p, handlers: LeaseHandlers, metrics: P2pMetrics | null, logger: Logger): Promise<void> {
   const log = logger.child({ component: 'metagrid:lease' })
   await libp2p.handle(LEASE_PROTOCOL, async (stream, connection) => {
     const signal = AbortSignal.timeout(HANDLER_TIMEOUT_MS)

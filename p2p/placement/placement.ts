@@ -43,8 +43,8 @@ import type { Mesh } from '../mesh.ts'
 import type { Replication } from '../sync/replication.ts'
 import type { Sublevel } from '../../storage/database.ts'
 import type { ShardStore } from '../../storage/shard-store.ts'
-import type { Logger } from '../../daemon/log/logger.ts'
-import type { Metrics } from '../../daemon/metrics.ts'
+import type { Logger } from '../logger.ts'
+import type { P2pMetrics } from '../metrics.ts'
 import type { PeerId, PrivateKey } from '@libp2p/interface'
 
 export interface PlacementOptions {
@@ -73,7 +73,7 @@ export interface PlacementComponents {
   federation: FederationPolicy
   /** Where this node's lease votes are kept. */
   votes: Sublevel
-  metrics: Metrics | null
+  metrics: P2pMetrics | null
   logger: Logger
 }
 

@@ -27,8 +27,8 @@ import {
 import type { ApplyResult, Patch } from '../../storage/crdt/shard-doc.ts'
 import type { MetagridLibp2p } from '../libp2p.ts'
 import type { Membership } from '../membership/membership.ts'
-import type { Logger } from '../../daemon/log/logger.ts'
-import type { Metrics } from '../../daemon/metrics.ts'
+import type { Logger } from '../logger.ts'
+import type { P2pMetrics } from '../metrics.ts'
 import type { PeerId } from '@libp2p/interface'
 
 /** A gossiped delta larger than this is refused; bigger local batches go by anti-entropy instead. */
@@ -48,7 +48,7 @@ export interface ReplicationComponents {
   libp2p: MetagridLibp2p
   database: Database
   membership: Membership
-  metrics: Metrics | null
+  metrics: P2pMetrics | null
   logger: Logger
   /** Called with each remote write's time from origin to apply here (ms); feeds the convergence SLO. */
   onConvergence?: (ms: number) => void

@@ -11,8 +11,8 @@ import { ReportValidator, type ReceivedReport } from './report-validator.ts'
 import type { Coordinate } from '../coordinates/vivaldi.ts'
 import type { MetagridLibp2p } from '../libp2p.ts'
 import type { LoadSampler } from './load-sampler.ts'
-import type { Logger } from '../../daemon/log/logger.ts'
-import type { Metrics } from '../../daemon/metrics.ts'
+import type { Logger } from '../logger.ts'
+import type { P2pMetrics } from '../metrics.ts'
 import type { PrivateKey } from '@libp2p/interface'
 
 export interface TelemetryOptions {
@@ -26,7 +26,7 @@ export interface TelemetryComponents {
   privateKey: PrivateKey
   sampler: LoadSampler
   coordinate: () => Coordinate
-  metrics: Metrics | null
+  metrics: P2pMetrics | null
   logger: Logger
 }
 
