@@ -76,19 +76,9 @@ export function encodeFrame (type: number, body: Uint8Array, shard?: string): Ui
   return e.finish()
 }
 
-/** Operations `mine` has that `theirs` lacks, counting up to `limit` (then stops). */
+/** Operations `mine` has that `theirs` lacks, counting up to `limit` (then it stops); see DotContext.missingFrom. */
 export function countMissing (mine: DotContext, theirs: DotContext, limit: number): number {
-  let missing = 0
-  for (const replica of mine.replicas()) {
-    const from = theirs.max(replica)
-    const highest = mine.highest(replica)
-    for (let seq = from + 1; seq <= highest; seq++) {
-      if (mine.has(replica, seq) && !theirs.has(replica, seq)) {
-        if (++missing > limit) return missing
-      }
-    }
-  }
-  return missing
+  return mine.missingFrom(theirs, limit)
 }
 
 /**

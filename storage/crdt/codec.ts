@@ -17,7 +17,62 @@ export type JsonValue = null | boolean | number | string | JsonValue[] | { [key:
 /** Nesting deeper than this in a JSON value is refused: no legitimate component needs it, and recursion must stay bounded. */
 export const MAX_JSON_DEPTH = 32
 /** A string longer than this is refused on decode (component values are capped far lower by the API). */
-const MAX_STRING_BYTES = 1 << 20
+export const MAX_STRING_BYTES = 1 << 20
+
+/**
+ * Checks that a value is JSON the codec writes and reads back unchanged: plain
+ * objects and arrays nested at most MAX_JSON_DEPTH deep, finite numbers,
+ * well-formed strings (a lone surrogate would come back as U+FFFD) of at most
+ * MAX_STRING_BYTES, no `__proto__` key. Returns a bound on its encoded size in
+ * bytes. Throws CodecError, so a document never holds a value that cannot be
+ * logged, gossiped, and replayed after a restart.
+ */
+export function checkJson (value: unknown, depth = 0): number {
+  if (depth > MAX_JSON_DEPTH) throw new CodecError(`JSON value nested deeper than ${MAX_JSON_DEPTH}`)
+  if (value === null || value === true || value === false) return 1
+  switch (typeof value) {
+    case 'number':
+      if (!Number.isFinite(value)) throw new CodecError('JSON numbers must be finite')
+      return 9
+    case 'string':
+      return 1 + checkString(value)
+    case 'object': {
+      let bytes = 9
+      if (Array.isArray(value)) {
+        for (const item of value) bytes += checkJson(item, depth + 1)
+        return bytes
+      }
+      const prototype = Object.getPrototypeOf(value)
+      if (prototype !== Object.prototype && prototype !== null) throw new CodecError('JSON objects must be plain objects')
+      for (const key of Object.keys(value)) {
+        if (key === '__proto__') throw new CodecError('object key __proto__ is not allowed')
+        bytes += checkString(key) + checkJson((value as Record<string, unknown>)[key], depth + 1)
+      }
+      return bytes
+    }
+    default:
+      throw new CodecError(`not a JSON value: ${typeof value}`)
+  }
+}
+
+function utf8Length (value: string): number {
+  let bytes = 0
+  for (let i = 0; i < value.length; i++) {
+    const code = value.charCodeAt(i)
+    if (code < 0x80) bytes += 1
+    else if (code < 0x800) bytes += 2
+    else if (code >= 0xd800 && code <= 0xdbff) { bytes += 4; i++ } else bytes += 3
+  }
+  return bytes
+}
+
+/** A string's encoded length (bound), refusing what would not come back the same. */
+export function checkString (value: string): number {
+  if (!value.isWellFormed()) throw new CodecError('string holds a lone surrogate (not well-formed UTF-16)')
+  const bytes = value.length * 3 <= MAX_STRING_BYTES ? value.length * 3 : utf8Length(value)
+  if (bytes > MAX_STRING_BYTES) throw new CodecError(`string of ${bytes} bytes is too long (at most ${MAX_STRING_BYTES})`)
+  return bytes + 5
+}
 
 const utf8 = new TextEncoder()
 const utf8Decoder = new TextDecoder('utf-8', { fatal: true })

@@ -103,6 +103,38 @@ export class DotContext {
     return this.cloud.get(replica) ?? []
   }
 
+  /** Every seq of `replica` seen, as ascending, disjoint ranges. */
+  rangesOf (replica: string): Array<readonly [number, number]> {
+    const max = this.prefix.get(replica) ?? 0
+    const ranges: Array<readonly [number, number]> = max > 0 ? [[1, max]] : []
+    for (const range of this.cloud.get(replica) ?? []) ranges.push(range)
+    return ranges
+  }
+
+  /**
+   * How many dots this context has that `other` lacks, counting up to `limit`
+   * (then it stops). Counted over ranges, so the work is bounded by how many
+   * ranges the two contexts hold, never by the sequence numbers they name: a
+   * peer's context claiming one dot at 2^52 costs what any one range costs.
+   */
+  missingFrom (other: DotContext, limit = Number.POSITIVE_INFINITY): number {
+    let missing = 0
+    for (const replica of this.replicas()) {
+      const theirs = other.rangesOf(replica)
+      let j = 0
+      for (const [from, to] of this.rangesOf(replica)) {
+        while (j < theirs.length && theirs[j]![1] < from) j++
+        let covered = 0
+        for (let k = j; k < theirs.length && theirs[k]![0] <= to; k++) {
+          covered += Math.min(to, theirs[k]![1]) - Math.max(from, theirs[k]![0]) + 1
+        }
+        missing += to - from + 1 - covered
+        if (missing > limit) return missing
+      }
+    }
+    return missing
+  }
+
   merge (other: DotContext): void {
     for (const replica of other.replicas()) {
       const max = other.max(replica)

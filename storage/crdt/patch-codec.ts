@@ -22,7 +22,7 @@
  */
 import { CodecError, Decoder, Encoder } from './codec.ts'
 import { DotContext } from './dots.ts'
-import type { ComponentEntry, CounterEntry, MemberDot, Patch } from './shard-doc.ts'
+import { MAX_NAME_LENGTH, type ComponentEntry, type CounterEntry, type MemberDot, type Patch } from './shard-doc.ts'
 
 const VERSION = 1
 const KIND_DELTA = 0
@@ -30,8 +30,7 @@ const KIND_SNAPSHOT = 1
 const FLAG_DELETED = 1
 const FLAG_PREV = 2
 
-/** Ids and names are short; a longer one is garbage or abuse. */
-export const MAX_NAME_LENGTH = 128
+export { MAX_NAME_LENGTH }
 
 class Table {
   readonly items: string[] = []

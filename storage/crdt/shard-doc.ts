@@ -17,7 +17,7 @@
  */
 import { compareTimestamps, HybridClock } from './hlc.ts'
 import { DotContext, type Dot } from './dots.ts'
-import type { JsonValue } from './codec.ts'
+import { checkJson, CodecError, type JsonValue } from './codec.ts'
 
 export interface ComponentEntry {
   entity: string
@@ -74,6 +74,41 @@ export interface ApplyResult {
 export class ShardDocError extends Error {
   static override name = 'ShardDocError'
   override name = 'ShardDocError'
+}
+
+/** Ids and names are short; the patch codec refuses longer ones, so the document does too. */
+export const MAX_NAME_LENGTH = 128
+
+/**
+ * The document's boundary: an entity id, component or counter name must be
+ * 1..MAX_NAME_LENGTH characters of well-formed text, exactly what the patch
+ * codec writes and reads back. Checked before anything changes, so nothing
+ * enters the document that could not be logged, replicated and replayed.
+ */
+export function checkName (name: string, what: string): void {
+  if (typeof name !== 'string' || name.length === 0 || name.length > MAX_NAME_LENGTH || !name.isWellFormed()) {
+    throw new ShardDocError(`${what} must be 1 to ${MAX_NAME_LENGTH} characters of well-formed text`)
+  }
+}
+
+/** A component value the codec can write and read back unchanged (see checkJson); throws ShardDocError. */
+export function checkValue (value: unknown, what: string): void {
+  try {
+    checkJson(value)
+  } catch (err) {
+    if (err instanceof CodecError) throw new ShardDocError(`${what}: ${err.message}`)
+    throw err
+  }
+}
+
+/** Checks a whole write before any of it is applied: a refused write changes nothing. */
+function checkComponents (entity: string, components: Record<string, JsonValue | null>): void {
+  checkName(entity, 'entity id')
+  if (components == null || typeof components !== 'object' || Array.isArray(components)) throw new ShardDocError('components must be an object')
+  for (const [component, value] of Object.entries(components)) {
+    checkName(component, 'component name')
+    if (value !== null) checkValue(value, `component ${component}`)
+  }
 }
 
 export interface EntityView {
@@ -158,16 +193,21 @@ export class ShardDoc {
 
   /** Sets one component; the entity joins the set if it was not in it. */
   setComponent (entity: string, component: string, value: JsonValue): void {
+    checkName(entity, 'entity id')
+    checkName(component, 'component name')
+    checkValue(value, `component ${component}`)
     this.ensureMember(entity)
     this.write(entity, component, value)
   }
 
   deleteComponent (entity: string, component: string): void {
+    if (!this.components.get(entity)?.has(component)) return
     this.write(entity, component, undefined)
   }
 
   /** Replaces an entity: these components, and no others. */
   putEntity (entity: string, components: Record<string, JsonValue>): void {
+    checkComponents(entity, components)
     this.ensureMember(entity)
     for (const [component, entry] of this.components.get(entity) ?? []) {
       if (entry.value !== undefined && !(component in components)) this.write(entity, component, undefined)
@@ -177,6 +217,7 @@ export class ShardDoc {
 
   /** Changes some components; a null value deletes that component. */
   patchEntity (entity: string, components: Record<string, JsonValue | null>): void {
+    checkComponents(entity, components)
     this.ensureMember(entity)
     for (const [component, value] of Object.entries(components)) {
       if (value === null) this.write(entity, component, undefined)
@@ -201,6 +242,7 @@ export class ShardDoc {
   }
 
   increment (name: string, by: number): void {
+    checkName(name, 'counter name')
     if (!Number.isSafeInteger(by) || by === 0) throw new ShardDocError('a counter changes by a non-zero integer')
     let byReplica = this.counters.get(name)
     if (byReplica == null) {

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest'
 import fc from 'fast-check'
-import { ShardDoc, type Patch } from '../../storage/crdt/shard-doc.ts'
+import { ShardDoc, ShardDocError, type Patch } from '../../storage/crdt/shard-doc.ts'
 import { ClockDriftError, HybridClock } from '../../storage/crdt/hlc.ts'
 import { DotContext } from '../../storage/crdt/dots.ts'
 import { CodecError, type JsonValue } from '../../storage/crdt/codec.ts'
@@ -362,6 +362,7 @@ describe('DotContext', () => {
         expect(x.context.highest(replica)).toBe(highest)
       }
       expect(x.context.covers(y.context)).toBe([...y.model].every((dot) => x.model.has(dot)))
+      expect(x.context.missingFrom(y.context)).toBe([...x.model].filter((dot) => !y.model.has(dot)).length)
       const merged = x.context.clone()
       merged.merge(y.context)
       for (const replica of ['a', 'b']) {
@@ -372,3 +373,72 @@ describe('DotContext', () => {
     }), { numRuns: 500 })
   })
 })
+
+describe('bounded work on contexts a peer claims', () => {
+  it('counts what a claimed context lacks over ranges, whatever sequence numbers it names', () => {
+    const claim = new DotContext()
+    claim.add('victim', 2 ** 52)
+    claim.addRange('other', 5e7, 5e7 + 10)
+    const mine = new DotContext()
+    mine.addRange('victim', 1, 1000)
+    // The naive count looped once per sequence number (2^52 iterations): this test would never end.
+    expect(claim.missingFrom(mine)).toBe(12)
+    expect(mine.missingFrom(claim)).toBe(1000)
+    expect(claim.missingFrom(mine, 3)).toBeGreaterThan(3)
+  })
+})
+
+describe('the document boundary', () => {
+  const rejects = (write: (doc: ShardDoc) => void): void => {
+    const doc = replica('a')
+    doc.setComponent('kept', 'hp', 1)
+    doc.takeDelta()
+    const before = canonical(doc)
+    expect(() => { write(doc) }).toThrow(ShardDocError)
+    expect(canonical(doc)).toBe(before)
+    expect(doc.takeDelta()).toBeUndefined()
+  }
+  let deep: JsonValue = 1
+  for (let i = 0; i < 40; i++) deep = [deep]
+
+  it('refuses ids, names and values the codec could not write and read back, changing nothing', () => {
+    rejects((doc) => { doc.setComponent('x'.repeat(129), 'hp', 1) })
+    rejects((doc) => { doc.setComponent('ship', 'c'.repeat(129), 1) })
+    rejects((doc) => { doc.setComponent('', 'hp', 1) })
+    rejects((doc) => { doc.setComponent('ship', 'hp', deep) })
+    rejects((doc) => { doc.setComponent('ship', 'hp', Number.NaN) })
+    rejects((doc) => { doc.setComponent('ship', 'hp', 'x'.repeat(2 ** 20 + 1)) })
+    rejects((doc) => { doc.setComponent('ship\ud800', 'hp', 1) })
+    rejects((doc) => { doc.setComponent('ship', 'hp', { name: 'lone \udc00 surrogate' }) })
+    rejects((doc) => { doc.setComponent('ship', 'hp', JSON.parse('{"__proto__": 1}') as JsonValue) })
+    // A write of several components is refused whole when one of them is bad.
+    rejects((doc) => { doc.putEntity('ship', { pos: 1, hp: deep }) })
+    rejects((doc) => { doc.patchEntity('kept', { pos: 1, ['n'.repeat(200)]: 2 }) })
+    rejects((doc) => { doc.increment('c'.repeat(129), 1) })
+  })
+
+  it('whatever the document takes encodes, decodes and replays to the same state', () => {
+    const json: fc.Arbitrary<JsonValue> = fc.jsonValue({ maxDepth: 6 }) as fc.Arbitrary<JsonValue>
+    fc.assert(fc.property(fc.array(fc.tuple(fc.string({ minLength: 1, maxLength: 12 }), fc.string({ minLength: 1, maxLength: 8 }), json), { minLength: 1, maxLength: 8 }), (writes) => {
+      const doc = replica('a')
+      for (const [entity, component, value] of writes) {
+        try {
+          doc.setComponent(entity, component, value)
+        } catch (err) {
+          if (!(err instanceof ShardDocError)) throw err
+        }
+      }
+      const delta = doc.takeDelta()
+      if (delta == null) return
+      const copy = replica('b')
+      copy.apply(decodePatch(encodePatch(delta)))
+      const again = replica('c')
+      again.apply(decodePatch(encodePatch(copy.snapshot())))
+      for (const id of doc.entityIds()) {
+        expect(copy.entity(id)).toEqual(doc.entity(id))
+        expect(again.entity(id)).toEqual(doc.entity(id))
+      }
+    }), { numRuns: 300 })
+  })
+})
+
