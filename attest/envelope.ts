@@ -47,6 +47,12 @@ function keyObject (raw: Uint8Array): KeyObject {
   return key
 }
 
+/** Checks an Ed25519 signature over `data` by a raw 32-byte public key (its key object cached). */
+export function verifyEd25519 (publicKey: Uint8Array, data: Uint8Array, signature: Uint8Array): boolean {
+  if (publicKey.byteLength !== 32 || signature.byteLength !== 64) return false
+  return cryptoVerify(null, data, keyObject(publicKey), signature)
+}
+
 export type EnvelopeCheck = 'size' | 'encoding' | 'key' | 'type' | 'signature' | 'signer'
 
 /** A verification that failed, naming the check: the base of every attest/ error. */
@@ -129,6 +135,6 @@ export async function openEnvelope (bytes: Uint8Array, options: OpenOptions): Pr
   } catch (err) {
     throw new EnvelopeError('key', (err as Error).message)
   }
-  if (!cryptoVerify(null, signingInput(t, p), keyObject(k), s)) throw new EnvelopeError('signature', 'does not verify')
+  if (!verifyEd25519(k, signingInput(t, p), s)) throw new EnvelopeError('signature', 'does not verify')
   return { payloadType: t, payload: p, publicKey, signature: s, signer: peerIdFromPublicKey(publicKey) }
 }

@@ -179,8 +179,8 @@ export class MetagridNode {
 
     this.slo = new SloTracker(config.slo, logger, metrics)
     const slo = this.slo
-    const { served, syncIntervalMs, maxValueBytes, ...storeOptions } = config.shards
-    this.replication = new Replication({ libp2p, database, membership: this.mesh.membership, metrics, logger, onConvergence: (ms) => { if (Date.now() - ms >= startedAt) slo.observeConvergence(ms) } }, { served, syncIntervalMs, ...storeOptions })
+    const { maxValueBytes } = config.shards
+    this.replication = new Replication({ libp2p, privateKey, database, membership: this.mesh.membership, metrics, logger, onConvergence: (ms) => { if (Date.now() - ms >= startedAt) slo.observeConvergence(ms) } }, config.shards)
 
     this.attester = new Attester({
       libp2p,

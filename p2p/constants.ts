@@ -8,14 +8,14 @@
 export const DHT_PROTOCOL = '/metagrid/kad/1.0.0'
 
 /** Anti-entropy for shard state over a direct stream. */
-export const SYNC_PROTOCOL = '/metagrid/sync/1.0.0'
+export const SYNC_PROTOCOL = '/metagrid/sync/2.0.0'
 
 /** Signed load reports. */
 export const TELEMETRY_TOPIC = '/metagrid/telemetry/1'
 
 /** CRDT deltas for one shard (or shard group). */
 export function shardTopic (shardId: string): string {
-  return `/metagrid/shard/${shardId}/1`
+  return `/metagrid/shard/${shardId}/2`
 }
 
 /** libp2p's user agent for this software, seen by peers through identify. */

@@ -1,31 +1,15 @@
 /**
  * One wrapper for every gossipsub topic validator, in the style of Lodestar:
- * a validator throws GossipValidationError with a bounded `code` and an
- * `action`; the wrapper maps it to Reject (the propagating peer loses score)
+ * a validator throws a Refusal (admission/refusal.ts) with a bounded `code`
+ * and an `action`; the wrapper maps it to Reject (the propagating peer loses score)
  * or Ignore, and owns the logging and the counters. An unexpected exception
  * is our own bug and becomes Ignore: a peer is never punished for our fault.
  */
 import { TopicValidatorResult, type Message, type SignedMessage, type TopicValidatorFn } from '@libp2p/gossipsub'
+import { Refusal, reject } from '../admission/refusal.ts'
 import type { P2pMetrics } from '../metrics.ts'
 import type { Logger } from '../logger.ts'
 import type { PeerId } from '@libp2p/interface'
-
-export type ValidationAction = 'reject' | 'ignore'
-
-export class GossipValidationError extends Error {
-  static override name = 'GossipValidationError'
-  override name = 'GossipValidationError'
-  readonly code: string
-  readonly action: ValidationAction
-  constructor (code: string, action: ValidationAction, message: string) {
-    super(message)
-    this.code = code
-    this.action = action
-  }
-}
-
-export const reject = (code: string, message: string): GossipValidationError => new GossipValidationError(code, 'reject', message)
-export const ignore = (code: string, message: string): GossipValidationError => new GossipValidationError(code, 'ignore', message)
 
 export interface TopicValidatorOptions<T> {
   /** Bounded label for metrics: the topic's kind, never a topic string with an id in it. */
@@ -47,7 +31,7 @@ export function topicValidator<T> (options: TopicValidatorOptions<T>): TopicVali
       metrics?.gossipMessages.inc({ topic: topicLabel, result: 'accept' })
       return TopicValidatorResult.Accept
     } catch (err) {
-      if (err instanceof GossipValidationError) {
+      if (err instanceof Refusal) {
         metrics?.gossipMessages.inc({ topic: topicLabel, result: err.action })
         metrics?.gossipInvalid.inc({ topic: topicLabel, reason: err.code, action: err.action })
         logger.debug({ code: err.code, action: err.action, topic: topicLabel, from: propagationSource.toString(), reason: err.message }, 'gossip message refused')

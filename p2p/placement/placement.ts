@@ -178,7 +178,14 @@ export class Placement {
   async start (): Promise<void> {
     const { libp2p, replication, metrics } = this.components
     await replication.ensure(PLACEMENT_SHARD)
-    replication.setFence((shard, origin) => this.fence(shard, origin))
+    replication.admission.setAuthority({
+      mayWrite: (shard, origin) => {
+        const fence = this.fence(shard, origin)
+        return fence === 'ok' ? { ok: true } : fence === 'stale' ? { ok: false, code: 'STALE_EPOCH', action: 'ignore', detail: `${origin} no longer holds the lease of ${shard}` } : { ok: false, code: 'NOT_HOLDER', action: 'ignore', detail: `${origin} holds no lease of ${shard} that this node knows of` }
+      },
+      mayServe: () => true,
+      epochFor: (shard) => this.holding(shard)?.epoch ?? this.leases.get(shard)?.epoch ?? 0
+    })
     await handleLeaseProtocol(libp2p, {
       claim: async (lease, release) => this.voter.vote(lease, release),
       handoff: async (shard, release, from) => this.acceptHandoff(shard, release, from)

@@ -1,46 +1,55 @@
 /**
- * `/metagrid/sync/1.0.0`: push-pull anti-entropy for one shard over a direct
- * stream. Gossip carries each delta once; this repairs whatever a replica
+ * `/metagrid/sync/2.0.0`: push-pull anti-entropy for one shard over a direct
+ * stream. Gossip carries each batch once; this repairs whatever a replica
  * missed (a partition, a restart, a dropped message).
  *
  * Frames are length-prefixed; the first byte says what follows:
- *   1 HELLO    shard id (string), then the asker's causal context
- *   2 CONTEXT  the answerer's causal context
- *   3 PATCH    one patch (a logged delta, or a whole snapshot)
- *   4 END      no more patches from this side
+ *   1 HELLO     shard id (string), flags (1: send a snapshot rather than batches), the asker's causal context
+ *   2 CONTEXT   the answerer's causal context
+ *   3 DELTA     one origin-signed batch, as its origin sealed it (storage/crdt/batch.ts)
+ *   5 SNAPSHOT  n, n × frontier proof, then a whole-state snapshot patch
+ *   4 END       no more from this side
  * A context travels as an empty snapshot patch (the patch codec already
  * encodes contexts compactly).
  *
- *   asker                         answerer
- *   HELLO(shard, ctx A)   ─────▶
- *                         ◀─────  CONTEXT(ctx B), PATCH* (what A lacks), END
- *   PATCH* (what B lacks), END ─▶
+ *   asker                            answerer
+ *   HELLO(shard, flags, ctx A)  ───▶
+ *                               ◀───  CONTEXT(ctx B), DELTA* or SNAPSHOT (what A lacks), END
+ *   DELTA* or SNAPSHOT (what B lacks), END ───▶
  *
- * What a side lacks is sent as the logged deltas that cover it, or as a
- * snapshot when the log no longer holds them (compacted) or the gap is large.
- * A session has a deadline, a frame size cap and a byte budget; a peer whose
- * frames do not decode is disconnected and counted.
+ * What a side lacks is sent as the logged signed batches that hold it, or as
+ * a snapshot of just the entries it lacks, with the frontier proofs of their
+ * origins, when the log no longer holds them (compacted) or they are many.
+ * A snapshot never removes anything, so the removal batches the log keeps
+ * through compaction go first. Every frame received goes through the admission layer, the
+ * same one gossip uses. A session has a deadline, a frame size cap and a
+ * byte budget.
  */
 import { lpStream, type LengthPrefixedStream } from '@libp2p/utils'
 import { CodecError, Decoder, Encoder } from '../../storage/crdt/codec.ts'
 import { DotContext } from '../../storage/crdt/dots.ts'
 import { decodePatch, encodePatch } from '../../storage/crdt/patch-codec.ts'
 import { WireProtocolError } from '../wire-error.ts'
-import type { Patch } from '../../storage/crdt/shard-doc.ts'
-import type { ShardStore } from '../../storage/shard-store.ts'
+import type { LogIndexEntry, ShardStore } from '../../storage/shard-store.ts'
 
 export const FRAME_HELLO = 1
 export const FRAME_CONTEXT = 2
-export const FRAME_PATCH = 3
+export const FRAME_DELTA = 3
 export const FRAME_END = 4
+export const FRAME_SNAPSHOT = 5
+
+/** HELLO flag: the asker could not verify some batches (an epoch it does not know) and wants a snapshot instead. */
+export const WANT_SNAPSHOT = 1
 
 export interface SyncLimits {
   /** Largest frame (a snapshot is one frame). */
   maxFrameBytes: number
   /** Bytes one side may receive in one session. */
   maxSessionBytes: number
-  /** A gap larger than this many operations is sent as a snapshot rather than deltas. */
+  /** A gap larger than this many operations is sent as a snapshot rather than batches. */
   snapshotAfterOps: number
+  /** Frontier proofs a snapshot may carry; one per origin in it. */
+  maxProofs: number
   timeoutMs: number
 }
 
@@ -48,6 +57,7 @@ export const defaultSyncLimits: SyncLimits = {
   maxFrameBytes: 16 * 1024 * 1024,
   maxSessionBytes: 64 * 1024 * 1024,
   snapshotAfterOps: 20_000,
+  maxProofs: 100_000,
   timeoutMs: 60_000
 }
 
@@ -68,11 +78,29 @@ export function decodeContext (bytes: Uint8Array): DotContext {
   return patch.context
 }
 
-export function encodeFrame (type: number, body: Uint8Array, shard?: string): Uint8Array {
+export function encodeHello (shard: string, flags: number, context: DotContext): Uint8Array {
+  const body = encodeContext(context)
   const e = new Encoder(body.length + 80)
-  e.writeByte(type)
-  if (shard != null) e.writeString(shard)
+  e.writeByte(FRAME_HELLO)
+  e.writeString(shard)
+  e.writeByte(flags)
   e.writeBytesRaw(body)
+  return e.finish()
+}
+
+export function encodeFrame (type: number, body: Uint8Array): Uint8Array {
+  const frame = new Uint8Array(body.length + 1)
+  frame[0] = type
+  frame.set(body, 1)
+  return frame
+}
+
+export function encodeSnapshotFrame (proofs: readonly Uint8Array[], patchBytes: Uint8Array): Uint8Array {
+  const e = new Encoder(patchBytes.length + proofs.length * 200 + 16)
+  e.writeByte(FRAME_SNAPSHOT)
+  e.writeVarUint(proofs.length)
+  for (const proof of proofs) e.writeBytes(proof)
+  e.writeBytesRaw(patchBytes)
   return e.finish()
 }
 
@@ -81,33 +109,84 @@ export function countMissing (mine: DotContext, theirs: DotContext, limit: numbe
   return mine.missingFrom(theirs, limit)
 }
 
-/**
- * What to send a peer whose context is `theirs`: the logged deltas that
- * together cover every operation it lacks, or a snapshot when they do not
- * (or the gap is large). Empty when it lacks nothing.
- */
-export async function planFor (store: ShardStore, theirs: DotContext, limits: SyncLimits): Promise<{ missing: number, patches: Uint8Array[], snapshot: boolean }> {
-  // Written first, so the log index holds everything the context says we have.
-  await store.commit()
-  const mine = store.doc.context
-  const missing = countMissing(mine, theirs, limits.snapshotAfterOps)
-  if (missing === 0) return { missing, patches: [], snapshot: false }
-  const snapshot = async (): Promise<{ missing: number, patches: Uint8Array[], snapshot: boolean }> =>
-    ({ missing, patches: [encodePatch(store.doc.snapshot())], snapshot: true })
-  if (missing > limits.snapshotAfterOps) return snapshot()
+export interface Plan {
+  /** Entries of our state the peer lacks. */
+  missing: number
+  /** Frames ready to send: DELTA frames, and at most one SNAPSHOT frame, last. */
+  frames: Uint8Array[]
+  snapshot: boolean
+}
 
-  const selected = store.logIndex().filter((entry) => entry.kind === 'delta' && !theirs.hasRange(entry.origin, entry.from, entry.to))
-  // Every operation they lack must be in a selected delta's range; otherwise only a snapshot has it.
-  const reach = theirs.clone()
-  for (const entry of selected) reach.addRange(entry.origin, entry.from, entry.to)
-  if (!reach.covers(mine)) return snapshot()
-  const patches: Uint8Array[] = []
-  for (const entry of selected) {
-    const bytes = await store.readRecord(entry.position)
-    if (bytes == null) return snapshot() // compacted meanwhile
-    patches.push(bytes)
+/**
+ * What to send a peer whose context is `theirs`: the removal batches it
+ * lacks (the log keeps them through compaction; a snapshot never removes),
+ * then either the logged signed batches that hold every entry of our state it
+ * lacks, or, when the log no longer holds some (compacted) or they are many,
+ * a snapshot of just those entries with the frontier proofs of their origins.
+ * What a peer lacks is counted in entries, not dots: writes overwritten
+ * before it saw them are nothing it needs.
+ */
+export async function planFor (store: ShardStore, theirs: DotContext, limits: SyncLimits, wantSnapshot = false): Promise<Plan> {
+  // Written first, so the log index holds everything the state holds.
+  await store.commit()
+  const lacking = store.doc.stateFor(theirs)
+  const missing = lacking.components.length + lacking.adds.length + lacking.counters.length
+  const frames: Uint8Array[] = []
+  const sent = new Set<number>()
+  const send = async (position: number): Promise<boolean> => {
+    if (sent.has(position)) return true
+    const bytes = await store.readRecord(position)
+    if (bytes == null) return false // compacted meanwhile
+    sent.add(position)
+    frames.push(encodeFrame(FRAME_DELTA, bytes))
+    return true
   }
-  return { missing, patches, snapshot: false }
+  const index = store.logIndex()
+  for (const entry of index) {
+    if (entry.removes && !theirs.hasRange(entry.origin, entry.from, entry.to)) await send(entry.position)
+  }
+  if (missing === 0) return { missing, frames, snapshot: false }
+  const snapshot = (): Plan => {
+    const origins = new Set(lacking.context.replicas())
+    const proofs = store.proofs().filter((proof) => origins.has(proof.origin)).map((proof) => proof.bytes)
+    frames.push(encodeSnapshotFrame(proofs, encodePatch(lacking)))
+    return { missing, frames, snapshot: true }
+  }
+  if (wantSnapshot || missing > limits.snapshotAfterOps) return snapshot()
+  // Every entry they lack must be in a logged signed batch; otherwise only a snapshot has it.
+  const byOrigin = new Map<string, LogIndexEntry[]>()
+  for (const entry of index) {
+    if (!entry.signed) continue
+    const list = byOrigin.get(entry.origin) ?? []
+    list.push(entry)
+    byOrigin.set(entry.origin, list)
+  }
+  // Batches of one origin arrive in any order; binary search needs them by dot.
+  for (const list of byOrigin.values()) list.sort((a, b) => a.from - b.from)
+  for (const replica of lacking.context.replicas()) {
+    const batches = byOrigin.get(replica) ?? []
+    for (const [from, to] of lacking.context.rangesOf(replica)) {
+      for (let seq = from; seq <= to; seq++) {
+        const holder = batchHolding(batches, seq)
+        if (holder == null || !(await send(holder.position))) return snapshot()
+        seq = holder.to
+      }
+    }
+  }
+  return { missing, frames, snapshot: false }
+}
+
+/** The logged batch of one origin (sorted by dot; their ranges are disjoint) whose range holds `seq`. */
+function batchHolding (batches: readonly LogIndexEntry[], seq: number): LogIndexEntry | undefined {
+  let low = 0
+  let high = batches.length
+  while (low < high) {
+    const mid = (low + high) >>> 1
+    if (batches[mid]!.to < seq) low = mid + 1
+    else high = mid
+  }
+  const batch = batches[low]
+  return batch != null && batch.from <= seq ? batch : undefined
 }
 
 export interface SessionStats {
@@ -115,50 +194,77 @@ export interface SessionStats {
   sentBytes: number
   receivedPatches: number
   receivedBytes: number
-  /** Operations we had that the peer lacked, and the other way round. */
+  /** Frames the admission layer ignored (an epoch not known here yet, a duplicate). */
+  ignored: number
+  /** Entries of our state the peer lacked, and entries we received. */
   theyLacked: number
   weLacked: number
 }
 
-/** Sends our patches for `theirs`, then END. */
-export async function sendPlan (lp: LengthPrefixedStream, store: ShardStore, theirs: DotContext, limits: SyncLimits, stats: SessionStats, signal: AbortSignal): Promise<void> {
-  const plan = await planFor(store, theirs, limits)
+export function emptyStats (): SessionStats {
+  return { sentPatches: 0, sentBytes: 0, receivedPatches: 0, receivedBytes: 0, ignored: 0, theyLacked: 0, weLacked: 0 }
+}
+
+/** Sends our frames for `theirs`, then END. */
+export async function sendPlan (lp: LengthPrefixedStream, store: ShardStore, theirs: DotContext, limits: SyncLimits, stats: SessionStats, signal: AbortSignal, wantSnapshot = false): Promise<void> {
+  const plan = await planFor(store, theirs, limits, wantSnapshot)
   stats.theyLacked = plan.missing
-  for (const patch of plan.patches) {
-    if (patch.byteLength + 1 > limits.maxFrameBytes) throw new SyncProtocolError('TOO_LARGE', `a patch of ${patch.byteLength} bytes exceeds the ${limits.maxFrameBytes} byte frame limit`)
-    await lp.write(encodeFrame(FRAME_PATCH, patch), { signal })
+  for (const frame of plan.frames) {
+    if (frame.byteLength > limits.maxFrameBytes) throw new SyncProtocolError('TOO_LARGE', `a frame of ${frame.byteLength} bytes exceeds the ${limits.maxFrameBytes} byte frame limit`)
+    await lp.write(frame, { signal })
     stats.sentPatches++
-    stats.sentBytes += patch.byteLength
+    stats.sentBytes += frame.byteLength
   }
   await lp.write(Uint8Array.of(FRAME_END), { signal })
 }
 
-/** Reads PATCH frames until END, applying each; garbage throws SyncProtocolError. */
-export async function receivePatches (lp: LengthPrefixedStream, apply: (patch: Patch, bytes: Uint8Array) => Promise<void>, limits: SyncLimits, stats: SessionStats, signal: AbortSignal): Promise<void> {
+export interface PatchHandlers {
+  batch: (bytes: Uint8Array) => Promise<void>
+  snapshot: (proofs: Uint8Array[], patchBytes: Uint8Array) => Promise<void>
+}
+
+/** Reads DELTA and SNAPSHOT frames until END, handing each on; garbage throws SyncProtocolError. */
+export async function receivePatches (lp: LengthPrefixedStream, handlers: PatchHandlers, limits: SyncLimits, stats: SessionStats, signal: AbortSignal): Promise<void> {
   for (;;) {
     const frame = (await lp.read({ signal })).subarray()
     stats.receivedBytes += frame.byteLength
     if (stats.receivedBytes > limits.maxSessionBytes) throw new SyncProtocolError('BUDGET', `peer sent more than ${limits.maxSessionBytes} bytes in one session`)
     if (frame[0] === FRAME_END && frame.length === 1) return
-    if (frame[0] !== FRAME_PATCH) throw new SyncProtocolError('UNEXPECTED_FRAME', `expected PATCH or END, got frame type ${frame[0]}`)
-    const bytes = frame.subarray(1)
-    let patch: Patch
-    try {
-      patch = decodePatch(bytes)
-    } catch (err) {
-      throw new SyncProtocolError('MALFORMED', `patch does not decode: ${(err as Error).message}`)
+    if (frame[0] === FRAME_DELTA) {
+      await handlers.batch(frame.subarray(1))
+    } else if (frame[0] === FRAME_SNAPSHOT) {
+      const { proofs, patchBytes } = readSnapshotFrame(frame, limits)
+      await handlers.snapshot(proofs, patchBytes)
+    } else {
+      throw new SyncProtocolError('UNEXPECTED_FRAME', `expected DELTA, SNAPSHOT or END, got frame type ${frame[0]}`)
     }
-    await apply(patch, bytes)
     stats.receivedPatches++
   }
 }
 
-export function readHello (frame: Uint8Array): { shard: string, context: DotContext } {
+function readSnapshotFrame (frame: Uint8Array, limits: SyncLimits): { proofs: Uint8Array[], patchBytes: Uint8Array } {
+  try {
+    const d = new Decoder(frame)
+    d.readByte()
+    const count = d.readLength(2)
+    if (count > limits.maxProofs) throw new SyncProtocolError('TOO_LARGE', `a snapshot with ${count} proofs; at most ${limits.maxProofs}`)
+    const proofs: Uint8Array[] = []
+    for (let i = 0; i < count; i++) proofs.push(d.readBytes())
+    return { proofs, patchBytes: d.readRest() }
+  } catch (err) {
+    if (err instanceof SyncProtocolError) throw err
+    throw new SyncProtocolError('MALFORMED', `SNAPSHOT does not decode: ${(err as Error).message}`)
+  }
+}
+
+export function readHello (frame: Uint8Array): { shard: string, flags: number, context: DotContext } {
   try {
     const d = new Decoder(frame)
     if (d.readByte() !== FRAME_HELLO) throw new SyncProtocolError('UNEXPECTED_FRAME', 'expected HELLO')
     const shard = d.readString()
-    return { shard, context: decodeContext(d.readRest()) }
+    const flags = d.readByte()
+    if (flags > WANT_SNAPSHOT) throw new SyncProtocolError('MALFORMED', `unknown HELLO flags ${flags}`)
+    return { shard, flags, context: decodeContext(d.readRest()) }
   } catch (err) {
     if (err instanceof SyncProtocolError) throw err
     throw new SyncProtocolError('MALFORMED', `HELLO does not decode: ${(err as Error).message}`)

@@ -1,6 +1,6 @@
 /**
  * Validation of load reports received on `/metagrid/telemetry/1`. Each check
- * throws a GossipValidationError with a bounded code:
+ * throws a Refusal with a bounded code:
  *
  * reject (the propagating peer loses gossip score): OVERSIZED, MALFORMED,
  * BAD_SIGNATURE, FORGED (the envelope's signer is not the message's sender),
@@ -11,7 +11,7 @@
  * FROM_FUTURE (the sender's clock is off), TOO_MANY_PEERS (tracking table full).
  */
 import { EnvelopeError } from '../../attest/envelope.ts'
-import { ignore, reject } from '../gossip/validation.ts'
+import { ignore, reject } from '../admission/refusal.ts'
 import { LoadReportError, openLoadReport, type LoadReport } from './load-report.ts'
 import type { SignedMessage } from '@libp2p/gossipsub'
 

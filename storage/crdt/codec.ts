@@ -365,6 +365,14 @@ export class Decoder {
     return rest
   }
 
+  /** Exactly `length` bytes, as a copy. */
+  readFixed (length: number): Uint8Array {
+    if (this.remaining < length) throw new CodecError(`unexpected end of input: ${length} bytes wanted, ${this.remaining} left`)
+    const bytes = this.buffer.slice(this.position, this.position + length)
+    this.position += length
+    return bytes
+  }
+
   readBytes (): Uint8Array {
     const length = this.readLength()
     const bytes = this.buffer.slice(this.position, this.position + length)

@@ -54,7 +54,7 @@ export interface Patch {
   to?: number
   components: ComponentEntry[]
   adds: MemberDot[]
-  /** Dots removed from the entity set (deltas only; a snapshot says it through its context). */
+  /** Dots removed from the entity set (deltas only: removals travel in their remover's batch, never in a snapshot). */
   removes: MemberDot[]
   counters: CounterEntry[]
   /** Every dot the patch covers. For a delta: its own range plus the removed dots; for a snapshot: the replica's whole context. */
@@ -270,7 +270,13 @@ export class ShardDoc {
     return delta
   }
 
-  /** Joins a delta or a snapshot into this state. */
+  /**
+   * Joins a delta or a snapshot into this state. Only a delta removes: a
+   * snapshot adds what it holds, but never takes an entity away by what its
+   * context claims, so removals always arrive as the remover's own signed
+   * batch (which the store keeps, see shard-store.ts) and no snapshot,
+   * whoever served it, erases what a replica has.
+   */
   apply (patch: Patch): ApplyResult {
     const result: ApplyResult = { entities: new Set(), counters: new Set(), conflicts: 0, appliedWalls: [] }
     const seen = this.context
@@ -299,19 +305,6 @@ export class ShardDoc {
         result.entities.add(remove.entity)
       }
     }
-    if (patch.kind === 'snapshot') {
-      // A snapshot states removals by context: a dot it has seen but does not hold was removed.
-      const held = new Set(patch.adds.map((add) => `${add.replica}\u0000${add.seq}`))
-      for (const [entity, dots] of this.members) {
-        const kept = dots.filter((dot) => !patch.context.has(dot.replica, dot.seq) || held.has(`${dot.replica}\u0000${dot.seq}`))
-        if (kept.length !== dots.length) {
-          if (kept.length === 0) this.members.delete(entity)
-          else this.members.set(entity, kept)
-          result.entities.add(entity)
-        }
-      }
-    }
-
     for (const incoming of patch.components) {
       // A write whose dot we have seen is already in our state, or was overwritten (its tombstone perhaps
       // collected since): applying it again could only resurrect something.
@@ -355,6 +348,43 @@ export class ShardDoc {
     // Dots of ours learnt from a peer are in the context already; the ones between them we may never have had.
     this.ownInContext = this.seq
     return result
+  }
+
+  /**
+   * What a replica whose context is `theirs` lacks of this state: every
+   * component entry, entity dot and counter entry whose dot it has not seen,
+   * as a snapshot patch whose context is exactly those dots. A snapshot claims
+   * nothing it does not hold (and a receiver believes nothing else; see
+   * p2p/admission), so overwritten writes it never saw stay unseen there, and
+   * what a peer lacks is counted in entries, not in dots.
+   */
+  stateFor (theirs: DotContext): Patch {
+    const context = new DotContext()
+    const components: ComponentEntry[] = []
+    for (const byComponent of this.components.values()) {
+      for (const entry of byComponent.values()) {
+        if (theirs.has(entry.replica, entry.seq)) continue
+        components.push(entry)
+        context.add(entry.replica, entry.seq)
+      }
+    }
+    const adds: MemberDot[] = []
+    for (const [entity, dots] of this.members) {
+      for (const dot of dots) {
+        if (theirs.has(dot.replica, dot.seq)) continue
+        adds.push({ entity, replica: dot.replica, seq: dot.seq })
+        context.add(dot.replica, dot.seq)
+      }
+    }
+    const counters: CounterEntry[] = []
+    for (const byReplica of this.counters.values()) {
+      for (const entry of byReplica.values()) {
+        if (theirs.has(entry.replica, entry.seq)) continue
+        counters.push(entry)
+        context.add(entry.replica, entry.seq)
+      }
+    }
+    return { kind: 'snapshot', components, adds, removes: [], counters, context }
   }
 
   /** The whole state as a snapshot patch. */

@@ -10,9 +10,11 @@ import { lpStream } from '@libp2p/utils'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { SYNC_PROTOCOL, shardTopic } from '../../p2p/constants.ts'
 import { HybridClock } from '../../storage/crdt/hlc.ts'
-import { encodePatch } from '../../storage/crdt/patch-codec.ts'
+import { DotContext } from '../../storage/crdt/dots.ts'
 import { ShardDoc } from '../../storage/crdt/shard-doc.ts'
 import { startTestPeer } from '../helpers/libp2p.ts'
+import { seal } from '../helpers/batches.ts'
+import { encodeHello } from '../../p2p/sync/anti-entropy.ts'
 import { getJson, waitFor } from '../helpers/daemons.ts'
 import { metricValue, scrape } from '../helpers/metrics.ts'
 import { pickCities } from '../testbed/geo.ts'
@@ -166,7 +168,7 @@ describe('shard replication on a 4-node testbed', () => {
 
   it('rejects forged and malformed gossiped deltas, and leaves the state untouched', async () => {
     const victim = bed.nodes[0]!
-    const { node: attacker } = await startTestPeer()
+    const { node: attacker, key } = await startTestPeer()
     try {
       const counted = async (reason: string): Promise<number> => metricValue(await scrape(victim.api), 'metagrid_gossip_invalid_total', { topic: 'shard', reason, action: 'reject' }) ?? 0
       const before = { forged: await counted('FORGED'), malformed: await counted('MALFORMED') }
@@ -175,10 +177,14 @@ describe('shard replication on a 4-node testbed', () => {
       const topic = shardTopic('default')
       attacker.services.pubsub.subscribe(topic)
       await waitFor('the victim to show up as a shard subscriber', () => attacker.services.pubsub.getSubscribers(topic).some((peer) => peer.toString() === victim.peerId))
-      // A delta claiming to be another replica's writes.
+      // A batch claiming to be another replica's writes, signed by the attacker.
       const impostor = new ShardDoc(bed.nodes[1]!.peerId, new HybridClock(60_000))
+      // Past every dot node 1 has used, so it is not dismissed as a duplicate before its signature is checked.
+      const ahead = new DotContext()
+      ahead.addRange(bed.nodes[1]!.peerId, 1, 1_000_000)
+      impostor.apply({ kind: 'snapshot', components: [], adds: [], removes: [], counters: [], context: ahead })
       impostor.setComponent('forged', 'owner', 'mallory')
-      await attacker.services.pubsub.publish(topic, encodePatch(impostor.takeDelta()!))
+      await attacker.services.pubsub.publish(topic, seal(key, 'default', impostor.takeDelta()!).bytes)
       await attacker.services.pubsub.publish(topic, Uint8Array.of(1, 0, 9, 9, 9))
       await waitFor('both to be counted', async () => (await counted('FORGED')) === before.forged + 1 && (await counted('MALFORMED')) === before.malformed + 1, 10_000)
       expect(visible(await shard(0))).toBe(state)
@@ -236,8 +242,5 @@ describe('shard replication on a 4-node testbed', () => {
 })
 
 function encodeHelloForTest (): Uint8Array {
-  const empty = new ShardDoc('x', new HybridClock(60_000)).snapshot()
-  const context = encodePatch(empty)
-  const shardId = new TextEncoder().encode('default')
-  return Uint8Array.from([1, shardId.length, ...shardId, ...context])
+  return encodeHello('default', 0, new ShardDoc('x', new HybridClock(60_000)).context)
 }

@@ -6,7 +6,7 @@ import { describe, expect, it } from 'vitest'
 import { originCoordinate } from '../../p2p/coordinates/vivaldi.ts'
 import { decodeLoadReport, encodeLoadReport, LoadReportError, signLoadReport, type LoadReport } from '../../p2p/telemetry/load-report.ts'
 import { ReportValidator } from '../../p2p/telemetry/report-validator.ts'
-import { GossipValidationError } from '../../p2p/gossip/validation.ts'
+import { Refusal } from '../../p2p/admission/refusal.ts'
 import type { SignedMessage } from '@libp2p/gossipsub'
 
 const key = await generateKeyPair('Ed25519')
@@ -33,8 +33,8 @@ function message (data: Uint8Array, from = peerId): SignedMessage {
 
 async function refusal (validator: ReportValidator, msg: SignedMessage): Promise<string> {
   const err = await validator.validate(msg).then(() => undefined, (e: unknown) => e)
-  expect(err).toBeInstanceOf(GossipValidationError)
-  return `${(err as GossipValidationError).action}:${(err as GossipValidationError).code}`
+  expect(err).toBeInstanceOf(Refusal)
+  return `${(err as Refusal).action}:${(err as Refusal).code}`
 }
 
 const validator = (): ReportValidator => new ReportValidator({ staleAfterMs: 30_000, maxClockSkewMs: 30_000, maxTrackedPeers: 2, now: () => NOW })

@@ -1,0 +1,263 @@
+/**
+ * Anti-entropy sessions (anti-entropy.ts is the protocol): this node asks a
+ * replica of each shard at random every `syncIntervalMs`, soon after a peer
+ * connects, when a gossiped batch shows a gap, and when a peer comes back
+ * from suspect or dead (a healed partition); and it answers peers' sessions.
+ * Every frame received passes the admission layer. A peer whose frames are
+ * refused outright (malformed, forged) is disconnected and not served again
+ * for a minute; what admission only ignores (an epoch this node has not
+ * heard of yet) is counted, and the next session with that shard asks for a
+ * snapshot instead.
+ */
+import { SYNC_PROTOCOL, shardTopic } from '../constants.ts'
+import { Refusal } from '../admission/refusal.ts'
+import { wireErrorCode } from '../wire-error.ts'
+import {
+  defaultSyncLimits, emptyStats, encodeContext, encodeFrame, encodeHello, FRAME_CONTEXT, FRAME_END, framedStream, readContext, readHello,
+  receivePatches, sendPlan, SyncProtocolError, WANT_SNAPSHOT, type PatchHandlers, type SessionStats, type SyncLimits
+} from './anti-entropy.ts'
+import type { Admission } from '../admission/admission.ts'
+import type { ApplyResult } from '../../storage/crdt/shard-doc.ts'
+import type { ShardStore } from '../../storage/shard-store.ts'
+import type { MetagridLibp2p } from '../libp2p.ts'
+import type { Logger } from '../logger.ts'
+import type { P2pMetrics } from '../metrics.ts'
+import type { ShardSet } from './shard-set.ts'
+import type { PeerId, Stream } from '@libp2p/interface'
+
+/** Concurrent sync sessions per connection, each way. */
+const MAX_SYNC_STREAMS = 4
+/** A peer that sent garbage is not served again for this long. */
+const BAD_PEER_BACKOFF_MS = 60_000
+/** Peers remembered as backing off; past it the oldest is forgotten (each entry took a refused session to make). */
+const MAX_BAD_PEERS = 1024
+/** Sessions scheduled and not yet run, per (shard, peer). */
+const MAX_WANTED = 4096
+/** Shards marked to ask for a snapshot next time. */
+const MAX_SNAPSHOT_WANTED = 4096
+
+export interface SyncSessionsComponents {
+  libp2p: MetagridLibp2p
+  shards: ShardSet
+  admission: Admission
+  /** Called with what applying a received patch changed. */
+  onApplied: (result: ApplyResult) => void
+  metrics: P2pMetrics | null
+  logger: Logger
+}
+
+export interface SyncSessionsOptions {
+  syncIntervalMs: number
+  limits?: SyncLimits
+}
+
+export class SyncSessions {
+  private readonly components: SyncSessionsComponents
+  private readonly options: SyncSessionsOptions
+  private readonly limits: SyncLimits
+  private readonly log: Logger
+  private readonly badPeers = new Map<string, number>()
+  private readonly wanted = new Map<string, NodeJS.Timeout>()
+  private readonly snapshotWanted = new Set<string>()
+  private readonly sessions = new Set<Promise<unknown>>()
+  private timer: NodeJS.Timeout | undefined
+  private running = false
+
+  constructor (components: SyncSessionsComponents, options: SyncSessionsOptions) {
+    this.components = components
+    this.options = options
+    this.limits = options.limits ?? defaultSyncLimits
+    this.log = components.logger.child({ component: 'metagrid:sync' })
+  }
+
+  async start (): Promise<void> {
+    this.running = true
+    await this.components.libp2p.handle(SYNC_PROTOCOL, async (stream, connection) => { await this.answer(stream, connection.remotePeer) },
+      { maxInboundStreams: MAX_SYNC_STREAMS, maxOutboundStreams: MAX_SYNC_STREAMS })
+    this.timer = setInterval(() => { this.round() }, this.options.syncIntervalMs)
+  }
+
+  async stop (): Promise<void> {
+    this.running = false
+    clearInterval(this.timer)
+    for (const timeout of this.wanted.values()) clearTimeout(timeout)
+    this.wanted.clear()
+    await this.components.libp2p.unhandle(SYNC_PROTOCOL).catch(() => {})
+    await Promise.allSettled([...this.sessions])
+  }
+
+  /** One session per shard with a random subscriber of its topic. */
+  private round (): void {
+    const pubsub = this.components.libp2p.services.pubsub
+    for (const shard of this.components.shards.served()) {
+      const peers = pubsub.getSubscribers(shardTopic(shard))
+      if (peers.length === 0) continue
+      void this.sync(shard, peers[Math.floor(Math.random() * peers.length)]!)
+    }
+  }
+
+  /** Schedules a session with a peer soon, once however often it is asked for. */
+  want (shard: string, peer: PeerId, delayMs: number): void {
+    if (!this.running) return
+    const key = `${shard}\u0000${peer.toString()}`
+    if (this.wanted.has(key) || this.wanted.size >= MAX_WANTED) return
+    this.wanted.set(key, setTimeout(() => {
+      this.wanted.delete(key)
+      void this.sync(shard, peer)
+    }, delayMs))
+  }
+
+  /** Runs one session as the asker. Resolves to its stats, or null if it failed. */
+  async sync (shard: string, peer: PeerId): Promise<SessionStats | null> {
+    const session = this.ask(shard, peer)
+    this.sessions.add(session)
+    try {
+      return await session
+    } finally {
+      this.sessions.delete(session)
+    }
+  }
+
+  private async ask (shard: string, peer: PeerId): Promise<SessionStats | null> {
+    const store = this.components.shards.shard(shard)
+    const { libp2p, metrics } = this.components
+    const signal = AbortSignal.timeout(this.limits.timeoutMs)
+    const stats = emptyStats()
+    let stream: Stream
+    try {
+      stream = await libp2p.dialProtocol(peer, SYNC_PROTOCOL, { signal })
+    } catch (err) {
+      metrics?.crdtSyncSessions.inc({ role: 'asker', result: 'unreachable' })
+      this.log.debug({ shard, peer: peer.toString(), err }, 'sync: could not open a stream')
+      return null
+    }
+    try {
+      const lp = framedStream(stream, this.limits)
+      await store.commit()
+      const flags = this.snapshotWanted.delete(shard) ? WANT_SNAPSHOT : 0
+      await lp.write(encodeHello(shard, flags, store.doc.context), { signal })
+      const theirs = readContext((await lp.read({ signal })).subarray())
+      if (theirs == null) {
+        await stream.close({ signal })
+        metrics?.crdtSyncSessions.inc({ role: 'asker', result: 'not_served' })
+        return stats
+      }
+      await receivePatches(lp, this.handlers(store, peer, stats), this.limits, stats, signal)
+      await sendPlan(lp, store, theirs, this.limits, stats, signal)
+      await stream.close({ signal })
+      this.finish(shard, 'asker', stats)
+      return stats
+    } catch (err) {
+      this.fail(peer, 'asker', err)
+      stream.abort(err as Error)
+      return null
+    }
+  }
+
+  private async answer (stream: Stream, peer: PeerId): Promise<void> {
+    const { metrics } = this.components
+    const until = this.badPeers.get(peer.toString())
+    if (until != null && until > Date.now()) {
+      metrics?.crdtSyncSessions.inc({ role: 'answerer', result: 'refused' })
+      stream.abort(new SyncProtocolError('BACKOFF', 'peer is backing off after sending garbage'))
+      return
+    }
+    const signal = AbortSignal.timeout(this.limits.timeoutMs)
+    const stats = emptyStats()
+    try {
+      const lp = framedStream(stream, this.limits)
+      const hello = readHello((await lp.read({ signal })).subarray())
+      const store = this.components.shards.get(hello.shard)
+      if (store == null) {
+        await lp.write(Uint8Array.of(FRAME_END), { signal })
+        await stream.close({ signal })
+        metrics?.crdtSyncSessions.inc({ role: 'answerer', result: 'not_served' })
+        return
+      }
+      await store.commit()
+      await lp.write(encodeFrame(FRAME_CONTEXT, encodeContext(store.doc.context)), { signal })
+      await sendPlan(lp, store, hello.context, this.limits, stats, signal, (hello.flags & WANT_SNAPSHOT) !== 0)
+      await receivePatches(lp, this.handlers(store, peer, stats), this.limits, stats, signal)
+      await stream.close({ signal })
+      this.finish(hello.shard, 'answerer', stats)
+    } catch (err) {
+      this.fail(peer, 'answerer', err)
+      stream.abort(err as Error)
+    }
+  }
+
+  /** What a session does with each frame: admission first, the same gate as gossip, then the store. */
+  private handlers (store: ShardStore, peer: PeerId, stats: SessionStats): PatchHandlers {
+    const { admission, metrics, onApplied } = this.components
+    const refused = (err: unknown): void => {
+      if (!(err instanceof Refusal)) throw err
+      if (err.action === 'reject') throw new SyncProtocolError(err.code, err.message)
+      stats.ignored++
+      if (err.code === 'UNKNOWN_EPOCH' && this.snapshotWanted.size < MAX_SNAPSHOT_WANTED) this.snapshotWanted.add(store.shard)
+      this.log.debug({ code: err.code, shard: store.shard, peer: peer.toString(), reason: err.message }, 'sync: ignored a frame')
+    }
+    return {
+      batch: async (bytes) => {
+        metrics?.crdtDeltaBytes.inc({ direction: 'received', path: 'sync' }, bytes.byteLength)
+        let batch
+        try {
+          batch = await admission.admitBatch(store, bytes, 'sync')
+        } catch (err) {
+          refused(err)
+          return
+        }
+        stats.weLacked += batch.patch.components.length + batch.patch.adds.length + batch.patch.counters.length
+        onApplied(await store.applyBatch(batch))
+      },
+      snapshot: async (proofs, patchBytes) => {
+        metrics?.crdtDeltaBytes.inc({ direction: 'received', path: 'sync' }, patchBytes.byteLength)
+        let admitted
+        try {
+          admitted = await admission.admitSnapshot(store, proofs, patchBytes, 'sync', peer.toString())
+        } catch (err) {
+          refused(err)
+          return
+        }
+        stats.weLacked += admitted.patch.components.length + admitted.patch.adds.length + admitted.patch.counters.length
+        onApplied(await store.applySnapshot(admitted.patch, admitted.proofs))
+      }
+    }
+  }
+
+  private finish (shard: string, role: 'asker' | 'answerer', stats: SessionStats): void {
+    const metrics = this.components.metrics
+    metrics?.crdtSyncSessions.inc({ role, result: 'ok' })
+    metrics?.crdtDeltaBytes.inc({ direction: 'sent', path: 'sync' }, stats.sentBytes)
+    metrics?.crdtDivergence.set({ shard }, stats.theyLacked + stats.weLacked)
+    if (stats.sentPatches + stats.receivedPatches > 0) this.log.debug({ shard, role, ...stats }, 'anti-entropy repaired a difference')
+  }
+
+  private fail (peer: PeerId, role: 'asker' | 'answerer', err: unknown): void {
+    const metrics = this.components.metrics
+    if (err instanceof SyncProtocolError) {
+      metrics?.crdtSyncSessions.inc({ role, result: 'rejected' })
+      metrics?.wireRejected.inc({ protocol: 'sync', reason: err.code })
+      this.log.warn({ code: err.code, peer: peer.toString(), reason: err.message }, 'sync: peer sent bad data; disconnecting it')
+      if (err.code !== 'TOO_LARGE') {
+        this.backOff(peer.toString())
+        void this.components.libp2p.hangUp(peer).catch(() => {})
+      }
+      return
+    }
+    const code = wireErrorCode(err)
+    if (code === 'OVERSIZED') metrics?.wireRejected.inc({ protocol: 'sync', reason: code })
+    metrics?.crdtSyncSessions.inc({ role, result: code.toLowerCase() })
+    this.log.debug({ code, peer: peer.toString(), err }, 'sync session failed')
+  }
+
+  private backOff (peer: string): void {
+    const now = Date.now()
+    if (this.badPeers.size >= MAX_BAD_PEERS) {
+      for (const [key, until] of this.badPeers) if (until <= now) this.badPeers.delete(key)
+      // Still full: forget the oldest (Map keeps insertion order).
+      if (this.badPeers.size >= MAX_BAD_PEERS) this.badPeers.delete(this.badPeers.keys().next().value!)
+    }
+    this.badPeers.delete(peer)
+    this.badPeers.set(peer, now + BAD_PEER_BACKOFF_MS)
+  }
+}
