@@ -53,6 +53,8 @@ export interface ShardStoreOptions {
   sync: boolean
   compactEveryRecords: number
   maxClockDriftMs: number
+  /** Largest encoded size of one component value (storage/crdt/codec.ts checkJson); the document refuses larger. */
+  maxValueBytes?: number
 }
 
 /** What replay found in the log on open. */
@@ -172,7 +174,7 @@ export class ShardStore extends TypedEventEmitter<ShardEvents> {
     this.options = options
     this.seal = seal
     this.log = logger.child({ component: 'metagrid:shard', shard })
-    this.doc = new ShardDoc(replica, new HybridClock(options.maxClockDriftMs))
+    this.doc = new ShardDoc(replica, new HybridClock(options.maxClockDriftMs), options.maxValueBytes != null ? { maxValueBytes: options.maxValueBytes } : {})
   }
 
   /** Opens a shard: replays its snapshot and log, cutting a bad tail. Local deltas are sealed with `seal` (unsealed without one). */

@@ -26,7 +26,7 @@
  */
 import { verifyBatchHeader } from '../../attest/batch-signature.ts'
 import { decodeBatchHeader, decodeSignedBatch, type BatchHeader, type SignedBatch } from '../../storage/crdt/batch.ts'
-import { CodecError } from '../../storage/crdt/codec.ts'
+import { checkJson, CodecError } from '../../storage/crdt/codec.ts'
 import { DotContext } from '../../storage/crdt/dots.ts'
 import { ClockDriftError } from '../../storage/crdt/hlc.ts'
 import { decodePatch } from '../../storage/crdt/patch-codec.ts'
@@ -41,7 +41,7 @@ import type { P2pMetrics } from '../metrics.ts'
 export type AdmissionPath = 'gossip' | 'sync' | 'handoff'
 
 export interface AdmissionOptions {
-  /** Largest JSON value of one component, in bytes: the API's own limit applies to writes from anywhere. */
+  /** Largest encoded size of one component value (checkJson): the limit local writes are held to applies to writes from anywhere. */
   maxValueBytes: number
 }
 
@@ -164,10 +164,11 @@ export class Admission {
     return [...best.values()]
   }
 
+  /** Values by the one measure of size (checkJson), the same the document holds local writes to. */
   private checkValues (components: readonly ComponentEntry[]): void {
     for (const entry of components) {
-      if (entry.value === undefined || entry.value === null || typeof entry.value === 'number' || typeof entry.value === 'boolean') continue
-      const bytes = Buffer.byteLength(JSON.stringify(entry.value))
+      if (entry.value === undefined || entry.value === null || typeof entry.value !== 'object' && typeof entry.value !== 'string') continue
+      const bytes = checkJson(entry.value)
       if (bytes > this.options.maxValueBytes) throw reject('VALUE_TOO_LARGE', `component ${entry.component} of ${entry.entity} is ${bytes} bytes; at most ${this.options.maxValueBytes}`)
     }
   }

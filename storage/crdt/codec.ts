@@ -23,9 +23,14 @@ export const MAX_STRING_BYTES = 1 << 20
  * Checks that a value is JSON the codec writes and reads back unchanged: plain
  * objects and arrays nested at most MAX_JSON_DEPTH deep, finite numbers,
  * well-formed strings (a lone surrogate would come back as U+FFFD) of at most
- * MAX_STRING_BYTES, no `__proto__` key. Returns a bound on its encoded size in
- * bytes. Throws CodecError, so a document never holds a value that cannot be
- * logged, gossiped, and replayed after a restart.
+ * MAX_STRING_BYTES, no `__proto__` key. Throws CodecError, so a document never
+ * holds a value that cannot be logged, gossiped, and replayed after a restart.
+ *
+ * Returns the value's *encoded size*: UTF-8 bytes of its strings and keys
+ * plus a few bytes per item (a bound on what the codec writes, close to the
+ * JSON text's length). It is the one measure of a value's size: the API, the
+ * document and the admission layer all hold values to `maxValueBytes` by it,
+ * so a value one of them takes, none of the others refuses.
  */
 export function checkJson (value: unknown, depth = 0): number {
   if (depth > MAX_JSON_DEPTH) throw new CodecError(`JSON value nested deeper than ${MAX_JSON_DEPTH}`)
@@ -33,11 +38,11 @@ export function checkJson (value: unknown, depth = 0): number {
   switch (typeof value) {
     case 'number':
       if (!Number.isFinite(value)) throw new CodecError('JSON numbers must be finite')
-      return 9
+      return 8
     case 'string':
       return 1 + checkString(value)
     case 'object': {
-      let bytes = 9
+      let bytes = 2
       if (Array.isArray(value)) {
         for (const item of value) bytes += checkJson(item, depth + 1)
         return bytes
@@ -66,12 +71,12 @@ function utf8Length (value: string): number {
   return bytes
 }
 
-/** A string's encoded length (bound), refusing what would not come back the same. */
+/** A string's encoded size, refusing what would not come back the same. */
 export function checkString (value: string): number {
   if (!value.isWellFormed()) throw new CodecError('string holds a lone surrogate (not well-formed UTF-16)')
-  const bytes = value.length * 3 <= MAX_STRING_BYTES ? value.length * 3 : utf8Length(value)
+  const bytes = utf8Length(value)
   if (bytes > MAX_STRING_BYTES) throw new CodecError(`string of ${bytes} bytes is too long (at most ${MAX_STRING_BYTES})`)
-  return bytes + 5
+  return bytes + 2
 }
 
 const utf8 = new TextEncoder()

@@ -17,7 +17,7 @@
  */
 import { compareTimestamps, HybridClock } from './hlc.ts'
 import { DotContext, type Dot } from './dots.ts'
-import { checkJson, CodecError, type JsonValue } from './codec.ts'
+import { checkJson, CodecError, MAX_STRING_BYTES, type JsonValue } from './codec.ts'
 
 export interface ComponentEntry {
   entity: string
@@ -74,6 +74,17 @@ export interface ApplyResult {
 export class ShardDocError extends Error {
   static override name = 'ShardDocError'
   override name = 'ShardDocError'
+  /** What was wrong, bounded: the API answers 413 for a value too large, 400 otherwise. */
+  readonly code: 'BAD_NAME' | 'BAD_VALUE' | 'VALUE_TOO_LARGE' | 'BAD_COUNTER'
+  constructor (code: ShardDocError['code'], message: string) {
+    super(message)
+    this.code = code
+  }
+}
+
+export interface ShardDocLimits {
+  /** Largest encoded size of one component value (see checkJson); the same limit the admission layer holds remote writes to. */
+  maxValueBytes: number
 }
 
 /** Ids and names are short; the patch codec refuses longer ones, so the document does too. */
@@ -87,27 +98,29 @@ export const MAX_NAME_LENGTH = 128
  */
 export function checkName (name: string, what: string): void {
   if (typeof name !== 'string' || name.length === 0 || name.length > MAX_NAME_LENGTH || !name.isWellFormed()) {
-    throw new ShardDocError(`${what} must be 1 to ${MAX_NAME_LENGTH} characters of well-formed text`)
+    throw new ShardDocError('BAD_NAME', `${what} must be 1 to ${MAX_NAME_LENGTH} characters of well-formed text`)
   }
 }
 
-/** A component value the codec can write and read back unchanged (see checkJson); throws ShardDocError. */
-export function checkValue (value: unknown, what: string): void {
+/** A component value the codec can write and read back unchanged (see checkJson), of at most `maxValueBytes`; throws ShardDocError. */
+export function checkValue (value: unknown, what: string, maxValueBytes: number): void {
+  let bytes: number
   try {
-    checkJson(value)
+    bytes = checkJson(value)
   } catch (err) {
-    if (err instanceof CodecError) throw new ShardDocError(`${what}: ${err.message}`)
+    if (err instanceof CodecError) throw new ShardDocError('BAD_VALUE', `${what}: ${err.message}`)
     throw err
   }
+  if (bytes > maxValueBytes) throw new ShardDocError('VALUE_TOO_LARGE', `${what} is ${bytes} bytes; at most ${maxValueBytes} are allowed`)
 }
 
 /** Checks a whole write before any of it is applied: a refused write changes nothing. */
-function checkComponents (entity: string, components: Record<string, JsonValue | null>): void {
+export function checkComponents (entity: string, components: Record<string, JsonValue | null>, maxValueBytes: number): void {
   checkName(entity, 'entity id')
-  if (components == null || typeof components !== 'object' || Array.isArray(components)) throw new ShardDocError('components must be an object')
+  if (components == null || typeof components !== 'object' || Array.isArray(components)) throw new ShardDocError('BAD_VALUE', 'components must be an object')
   for (const [component, value] of Object.entries(components)) {
     checkName(component, 'component name')
-    if (value !== null) checkValue(value, `component ${component}`)
+    if (value !== null) checkValue(value, `component ${component}`, maxValueBytes)
   }
 }
 
@@ -128,9 +141,12 @@ export class ShardDoc {
   private seq = 0
   private pending: Patch | undefined
 
-  constructor (replica: string, clock: HybridClock) {
+  private readonly maxValueBytes: number
+
+  constructor (replica: string, clock: HybridClock, limits: Partial<ShardDocLimits> = {}) {
     this.replica = replica
     this.clock = clock
+    this.maxValueBytes = limits.maxValueBytes ?? MAX_STRING_BYTES
   }
 
   /**
@@ -195,7 +211,7 @@ export class ShardDoc {
   setComponent (entity: string, component: string, value: JsonValue): void {
     checkName(entity, 'entity id')
     checkName(component, 'component name')
-    checkValue(value, `component ${component}`)
+    checkValue(value, `component ${component}`, this.maxValueBytes)
     this.ensureMember(entity)
     this.write(entity, component, value)
   }
@@ -207,7 +223,7 @@ export class ShardDoc {
 
   /** Replaces an entity: these components, and no others. */
   putEntity (entity: string, components: Record<string, JsonValue>): void {
-    checkComponents(entity, components)
+    checkComponents(entity, components, this.maxValueBytes)
     this.ensureMember(entity)
     for (const [component, entry] of this.components.get(entity) ?? []) {
       if (entry.value !== undefined && !(component in components)) this.write(entity, component, undefined)
@@ -217,7 +233,7 @@ export class ShardDoc {
 
   /** Changes some components; a null value deletes that component. */
   patchEntity (entity: string, components: Record<string, JsonValue | null>): void {
-    checkComponents(entity, components)
+    checkComponents(entity, components, this.maxValueBytes)
     this.ensureMember(entity)
     for (const [component, value] of Object.entries(components)) {
       if (value === null) this.write(entity, component, undefined)
@@ -243,7 +259,7 @@ export class ShardDoc {
 
   increment (name: string, by: number): void {
     checkName(name, 'counter name')
-    if (!Number.isSafeInteger(by) || by === 0) throw new ShardDocError('a counter changes by a non-zero integer')
+    if (!Number.isSafeInteger(by) || by === 0) throw new ShardDocError('BAD_COUNTER', 'a counter changes by a non-zero integer')
     let byReplica = this.counters.get(name)
     if (byReplica == null) {
       byReplica = new Map()

@@ -6,8 +6,8 @@
 import { z } from 'zod'
 import { ApiError, badRequest, notFound, parseInput } from '../errors.ts'
 import { shardId } from '../../config/schema.ts'
-import { MAX_JSON_DEPTH, type JsonValue } from '../../../storage/crdt/codec.ts'
-import { MAX_NAME_LENGTH } from '../../../storage/crdt/patch-codec.ts'
+import { checkComponents, MAX_NAME_LENGTH, ShardDocError } from '../../../storage/crdt/shard-doc.ts'
+import type { JsonValue } from '../../../storage/crdt/codec.ts'
 import { UnknownShardError, type Replication } from '../../../p2p/sync/replication.ts'
 import type { ShardStore } from '../../../storage/shard-store.ts'
 import type { Authorize } from '../authorize.ts'
@@ -59,21 +59,17 @@ interface Subscriber {
   shard: string
 }
 
-/** Checks each component value's size and depth; throws before anything is written. */
-function checkValues (values: Record<string, unknown>, maxValueBytes: number): void {
-  for (const [component, value] of Object.entries(values)) {
-    if (value === null) continue
-    const bytes = Buffer.byteLength(JSON.stringify(value))
-    if (bytes > maxValueBytes) throw new ApiError(413, 'VALUE_TOO_LARGE', `component ${component} is ${bytes} bytes; at most ${maxValueBytes} are allowed`)
-    if (depth(value) > MAX_JSON_DEPTH) throw badRequest('VALUE_TOO_DEEP', `component ${component} nests deeper than ${MAX_JSON_DEPTH} levels`)
+/**
+ * Checks each write's names and values by the document's own rules (the same
+ * the admission layer holds remote writes to) before anything is written.
+ */
+function checkValues (entity: string, values: Record<string, unknown>, maxValueBytes: number): void {
+  try {
+    checkComponents(entity, values as Record<string, JsonValue | null>, maxValueBytes)
+  } catch (err) {
+    if (err instanceof ShardDocError) throw err.code === 'VALUE_TOO_LARGE' ? new ApiError(413, err.code, err.message) : badRequest(err.code, err.message)
+    throw err
   }
-}
-
-function depth (value: unknown): number {
-  if (value == null || typeof value !== 'object') return 0
-  let deepest = 0
-  for (const item of Object.values(value)) deepest = Math.max(deepest, depth(item))
-  return deepest + 1
 }
 
 export function registerShardRoutes (app: FastifyInstance, deps: ShardRouteComponents): void {
@@ -121,6 +117,8 @@ export function registerShardRoutes (app: FastifyInstance, deps: ShardRouteCompo
     const url = request.routeOptions.url ?? ''
     if (!url.startsWith('/v1/shards/')) return
     const { shard } = request.params as { shard?: string }
+    // System shards are written by the node itself under per-entry ownership rules, never through the API.
+    if (shard?.startsWith('sys.') === true) throw new ApiError(403, 'SYSTEM_SHARD', `${shard} is a system shard; its entries are written by the node that owns them`)
     await deps.authorize(request, `shard:${shard ?? ''}`, 'write')
     if (deps.guardWrite != null && shard != null) {
       const epoch = parseInput(epochHeader, request.headers['x-metagrid-epoch'], 'headers')
@@ -181,7 +179,7 @@ export function registerShardRoutes (app: FastifyInstance, deps: ShardRouteCompo
         const { shard, entity } = parseInput(entityParams, request.params, 'params')
         const body = parseInput(schema, request.body, 'body')
         const target = store(shard)
-        checkValues(body.components, deps.maxValueBytes)
+        checkValues(entity, body.components, deps.maxValueBytes)
         if (kind === 'put') target.doc.putEntity(entity, body.components as Record<string, JsonValue>)
         else target.doc.patchEntity(entity, body.components as Record<string, JsonValue | null>)
         await target.commit()
@@ -225,7 +223,7 @@ export function registerShardRoutes (app: FastifyInstance, deps: ShardRouteCompo
     const { shard } = parseInput(shardParams, request.params, 'params')
     const body = parseInput(batchBody, request.body, 'body')
     const target = store(shard)
-    for (const op of body.ops) if (op.op === 'put' || op.op === 'patch') checkValues(op.components, deps.maxValueBytes)
+    for (const op of body.ops) if (op.op === 'put' || op.op === 'patch') checkValues(op.entity, op.components, deps.maxValueBytes)
     const entities = new Set<string>()
     const counters = new Set<string>()
     for (const op of body.ops) {
