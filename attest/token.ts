@@ -51,7 +51,9 @@ const predicateSchema = z.strictObject({
   aud: z.string().min(1).max(128),
   att: z.array(capabilitySchema).min(1).max(64),
   nnc: z.string().min(8).max(64),
-  prf: z.array(z.custom<Uint8Array>((value) => value instanceof Uint8Array, { error: 'expected bytes' })).max(8)
+  prf: z.array(z.custom<Uint8Array>((value) => value instanceof Uint8Array, { error: 'expected bytes' })).max(8),
+  /** A single-use token: a verifier with a replay guard takes it once. */
+  one: z.literal(true).optional()
 })
 type TokenPredicate = z.infer<typeof predicateSchema>
 
@@ -62,6 +64,8 @@ export interface IssueTokenOptions {
   expiresAt: number
   proofs?: Uint8Array[]
   nonce?: string
+  /** Single use: refused when presented again (to a verifier with a replay guard). */
+  once?: boolean
   now?: number
 }
 
@@ -70,7 +74,8 @@ export async function issueToken (key: PrivateKey, options: IssueTokenOptions): 
     aud: options.audience,
     att: options.capabilities,
     nnc: options.nonce ?? Buffer.from(crypto.getRandomValues(new Uint8Array(12))).toString('base64url'),
-    prf: options.proofs ?? []
+    prf: options.proofs ?? [],
+    ...(options.once === true ? { one: true as const } : {})
   }
   return signStatement(key, {
     type: TOKEN_TYPE,
@@ -93,16 +98,39 @@ export function covers (parent: Capability, child: Capability): boolean {
   return resource && (parent.can === '*' || parent.can === child.can)
 }
 
+export interface VerifiedRevocation {
+  /** The CID of the revoked token (a link of a chain). */
+  cid: string
+  revoker: string
+  expiresAt: number
+}
+
+/** Verifies a signed revocation: who revokes which token's CID. Throws StatementError. */
+export async function verifyRevocation (bytes: Uint8Array, now: number): Promise<VerifiedRevocation> {
+  const statement = await verifyStatement(bytes, { type: REVOCATION_TYPE, predicate: z.strictObject({ cid: z.string().min(1).max(128) }), now })
+  return { cid: statement.predicate.cid, revoker: statement.signer.toString(), expiresAt: statement.expiresAt }
+}
+
 /** Revocations: a token's CID, revoked by the signer of the revocation (its issuer, or an issuer above it). */
 export class RevocationList {
   private readonly revokers = new Map<string, Set<string>>()
 
   /** Verifies a signed revocation and records it. */
-  async add (bytes: Uint8Array, now: number): Promise<void> {
-    const statement = await verifyStatement(bytes, { type: REVOCATION_TYPE, predicate: z.strictObject({ cid: z.string().min(1).max(128) }), now })
-    const set = this.revokers.get(statement.predicate.cid) ?? new Set()
-    set.add(statement.signer.toString())
-    this.revokers.set(statement.predicate.cid, set)
+  async add (bytes: Uint8Array, now: number): Promise<VerifiedRevocation> {
+    const revocation = await verifyRevocation(bytes, now)
+    this.record(revocation)
+    return revocation
+  }
+
+  /** Records a revocation already verified. */
+  record (revocation: VerifiedRevocation): void {
+    const set = this.revokers.get(revocation.cid) ?? new Set()
+    set.add(revocation.revoker)
+    this.revokers.set(revocation.cid, set)
+  }
+
+  get size (): number {
+    return this.revokers.size
   }
 
   revokedBy (cid: string): ReadonlySet<string> {
@@ -144,7 +172,7 @@ export interface VerifyTokenOptions {
   maxDepth?: number
   /** The token must be addressed to this peer (the verifier, or the client presenting it). */
   audience?: string
-  /** For single-use invocations. */
+  /** Takes each single-use token once (tokens without `once` are not tracked). */
   replay?: ReplayGuard
   skewMs?: number
 }
@@ -157,6 +185,8 @@ export interface VerifiedToken {
   notBefore: number
   expiresAt: number
   nonce: string
+  /** Single use (see IssueTokenOptions.once). */
+  once: boolean
   /** Issuers from this token up to the root, this one first. */
   chain: string[]
 }
@@ -166,7 +196,7 @@ export async function verifyToken (bytes: Uint8Array, options: VerifyTokenOption
   if (options.audience != null && token.audience !== options.audience) {
     throw new TokenError('proof-audience', `token is for ${token.audience}, not ${options.audience}`)
   }
-  options.replay?.use(token.issuer, token.nonce, token.expiresAt, options.now)
+  if (token.once) options.replay?.use(token.issuer, token.nonce, token.expiresAt, options.now)
   return token
 }
 
@@ -181,7 +211,7 @@ async function verifyLink (bytes: Uint8Array, options: VerifyTokenOptions, depth
     throw err
   }
   const issuer = statement.signer.toString()
-  const { aud, att, nnc, prf } = statement.predicate
+  const { aud, att, nnc, prf, one } = statement.predicate
   const cid = await statementCid(bytes)
   let chain = [issuer]
   if (prf.length === 0) {
@@ -208,5 +238,5 @@ async function verifyLink (bytes: Uint8Array, options: VerifyTokenOptions, depth
   for (const revoker of options.revocations?.revokedBy(cid) ?? []) {
     if (chain.includes(revoker)) throw new TokenError('revoked', `revoked by ${revoker}`, depth)
   }
-  return { cid, issuer, audience: aud, capabilities: att, notBefore: statement.notBefore, expiresAt: statement.expiresAt, nonce: nnc, chain }
+  return { cid, issuer, audience: aud, capabilities: att, notBefore: statement.notBefore, expiresAt: statement.expiresAt, nonce: nnc, once: one === true, chain }
 }

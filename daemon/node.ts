@@ -16,6 +16,7 @@ import { DESCRIPTOR_NAMESPACE, descriptorSelector, descriptorValidator } from '.
 import { createMetagridLibp2p, listenAddrs, type MetagridLibp2p } from '../p2p/libp2p.ts'
 import { Mesh } from '../p2p/mesh.ts'
 import { Replication } from '../p2p/sync/replication.ts'
+import { openAuthority } from '../p2p/admission/authority.ts'
 import { defaultPlacementParams } from '../p2p/placement/assign.ts'
 import { EntityHandoff } from '../p2p/placement/entity-handoff.ts'
 import { NotHostError, Placement } from '../p2p/placement/placement.ts'
@@ -29,6 +30,7 @@ import { registerNodeRoutes } from './api/routes/node.ts'
 import { registerShardRoutes } from './api/routes/shards.ts'
 import { notHost, registerPlacementRoutes } from './api/routes/placement.ts'
 import { tokenAuthorizer } from './api/authorize.ts'
+import { guardAgainstBrowsers } from './api/browser-guard.ts'
 import { ApiError } from './api/errors.ts'
 import { libp2pComponentLogger } from './log/libp2p-logger.ts'
 import { Metrics } from './metrics.ts'
@@ -36,7 +38,10 @@ import { SloTracker } from './slo.ts'
 import { registerSloRoutes } from './api/routes/slo.ts'
 import { registerPageRoutes } from './api/routes/page.ts'
 import { registerAssetRoutes } from './api/routes/assets.ts'
-import { ProvenanceLedger } from '../p2p/provenance.ts'
+import { ProvenanceLedger, type Registrar } from '../p2p/provenance.ts'
+import { RevocationLedger } from '../p2p/revocations.ts'
+import { ReplayGuard } from '../attest/token.ts'
+import { registerTokenRoutes } from './api/routes/tokens.ts'
 import { Attester, ATTESTATION_NAMESPACE } from './attestation.ts'
 import { attestationValidator, attestationSelector } from '../p2p/attestation-records.ts'
 import { readFile } from 'node:fs/promises'
@@ -130,6 +135,7 @@ export class MetagridNode {
   readonly placement: Placement | null
   readonly slo: SloTracker
   readonly provenance: ProvenanceLedger
+  readonly revocations: RevocationLedger
   readonly attester: Attester
   readonly api: FastifyInstance
   private readonly parts: Part[]
@@ -204,6 +210,8 @@ export class MetagridNode {
         policy,
         federation,
         votes: database.sublevel(SUBLEVELS.placement),
+        // Served shards take writes from nodes the federation policy trusts; system shards from anyone, under their ownership rules.
+        fallbackAuthority: openAuthority((peer, shard) => shard.startsWith('sys.') || this.placement?.mayHost(peer) !== false),
         metrics,
         logger
       }, {
@@ -225,6 +233,7 @@ export class MetagridNode {
         replication: this.replication,
         hostOf: (shard) => this.placement!.hostOf(shard),
         guardWrite: (shard) => { this.placement!.guardWrite(shard, undefined) },
+        maxValueBytes: config.shards.maxValueBytes,
         metrics,
         logger
       }, { abandonAfterMs: 30_000 })
@@ -236,6 +245,8 @@ export class MetagridNode {
     }
 
     this.api = createApiServer({ logger, metrics, inFlight: this.inFlight, onLatency: (ms) => { slo.observeApiLatency(ms) } })
+    // Before any route: every route is behind the Host, Origin and JSON checks.
+    guardAgainstBrowsers(this.api, { apiHost: splitHostPort(config.api).host, allowedHosts: config.apiAllowedHosts })
     registerSloRoutes(this.api, slo)
     registerPageRoutes(this.api)
     registerNodeRoutes(this.api, {
@@ -253,9 +264,26 @@ export class MetagridNode {
     })
     registerCatalogRoutes(this.api, { catalog: this.catalog, discovery: this.discovery })
     const nodeId = libp2p.peerId.toString()
-    const authorize = tokenAuthorizer({ apiHost: splitHostPort(config.api).host, roots: () => new Set([nodeId]) })
+    this.revocations = new RevocationLedger({ replication: this.replication, logger })
+    const revocations = this.revocations
+    const authorize = tokenAuthorizer({
+      apiHost: splitHostPort(config.api).host,
+      audience: nodeId,
+      roots: () => new Set([nodeId]),
+      revocations: () => revocations.revocations(),
+      replay: new ReplayGuard()
+    })
+    registerTokenRoutes(this.api, { revocations, authorize })
     const placementPart = this.placement
-    this.provenance = new ProvenanceLedger({ replication: this.replication, metrics, logger })
+    const self = libp2p.peerId.toString()
+    // Without placement the node is its own registrar: its registrations count on it alone.
+    const registrar: Registrar = placementPart?.registrar() ?? {
+      current: () => ({ peer: self, epoch: 0 }),
+      heldEpoch: () => 0,
+      witnessed: (receipt) => receipt.witness === self,
+      leaseRecord: () => undefined
+    }
+    this.provenance = new ProvenanceLedger({ libp2p, privateKey, replication: this.replication, registrar, metrics, logger })
     registerAssetRoutes(this.api, { ledger: this.provenance, privateKey, nodeId, authorize })
     registerShardRoutes(this.api, {
       replication: this.replication,
@@ -302,7 +330,8 @@ export class MetagridNode {
       { name: 'bootstrap', start: () => bootstrap.start(), stop: () => bootstrap.stop() },
       { name: 'catalog', start: async () => this.catalog.start(), stop: async () => this.catalog.stop() },
       { name: 'replication', start: async () => this.replication.start(), stop: async () => this.replication.stop() },
-      { name: 'provenance', start: async () => this.provenance.start(), stop: () => {} },
+      { name: 'provenance', start: async () => this.provenance.start(), stop: async () => this.provenance.stop() },
+      { name: 'revocations', start: async () => this.revocations.start(), stop: () => {} },
       { name: 'attestation', start: async () => this.attester.start(), stop: () => { this.attester.stop() } },
       ...(placementPart != null ? [{ name: 'placement', start: async () => placementPart.start(), stop: async () => placementPart.stop() }] : []),
       ...(handoff != null ? [{ name: 'entity-handoff', start: async () => handoff.start(), stop: async () => handoff.stop() }] : []),

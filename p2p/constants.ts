@@ -44,3 +44,16 @@ export const HANDOFF_PROTOCOL = '/metagrid/handoff/1.0.0'
 
 /** The system shard every node replicates: the provenance records of every asset (append-only). */
 export const PROVENANCE_SHARD = 'sys.provenance'
+
+/** The system shard every node replicates: every token revocation (append-only), enforced by every node. */
+export const REVOCATIONS_SHARD = 'sys.revocations'
+
+/**
+ * The provenance ledger's registrar: a system shard placement elects a host
+ * for; that host witnesses each asset's first registration (a signed receipt
+ * with its epoch and sequence number), so a later claim never takes an asset.
+ */
+export const LEDGER_SHARD = 'sys.ledger'
+
+/** Registrations at the ledger's host. */
+export const LEDGER_PROTOCOL = '/metagrid/ledger/1.0.0'

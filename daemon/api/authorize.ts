@@ -2,13 +2,19 @@
  * Who may write through the API. The API on loopback belongs to the node's
  * operator: writes from loopback need nothing more. A write from anywhere
  * else, and every write when the API is bound beyond loopback, must carry a
- * capability token (`Authorization: Bearer <base64url token>`) whose chain
- * roots in this node's own key (or a trusted operator key) and grants the
- * ability on the resource. Tokens are bearer credentials: keep them short-lived.
+ * capability token (`Authorization: Bearer <base64url token>`) that:
+ *
+ * - names this node as its audience (a token for another node, or one a
+ *   client holds for itself, is not an invocation of this one: the client
+ *   signs one addressed to this node with its own token as proof);
+ * - chains to this node's own key (or a trusted operator key) and grants the
+ *   ability on the resource;
+ * - has no link revoked (revocations replicated through `sys.revocations`);
+ * - if it is single-use, was not presented before.
  */
 import { isIP } from 'node:net'
 import { ApiError } from './errors.ts'
-import { covers, TokenError, verifyToken, type RevocationList } from '../../attest/token.ts'
+import { covers, TokenError, verifyToken, type ReplayGuard, type RevocationList } from '../../attest/token.ts'
 import type { FastifyRequest } from 'fastify'
 
 export type Authorize = (request: FastifyRequest, resource: string, ability: string) => Promise<void>
@@ -21,10 +27,17 @@ export function isLoopbackHost (host: string): boolean {
 export interface AuthorizeOptions {
   /** The host the API is bound to. */
   apiHost: string
+  /** This node's peer id: the audience every token presented here must name. */
+  audience: string
   /** Peer ids whose keys may root a token chain: this node, and trusted operators. */
   roots: () => ReadonlySet<string>
-  revocations?: RevocationList
+  /** The revocations known now. */
+  revocations?: () => RevocationList
+  /** Takes each single-use token once. */
+  replay?: ReplayGuard
 }
+
+const TOKEN_CODES: Partial<Record<TokenError['check'], string>> = { 'proof-audience': 'TOKEN_AUDIENCE', revoked: 'TOKEN_REVOKED', replayed: 'TOKEN_REPLAYED' }
 
 export function tokenAuthorizer (options: AuthorizeOptions): Authorize {
   const apiOnLoopback = isLoopbackHost(options.apiHost)
@@ -41,11 +54,14 @@ export function tokenAuthorizer (options: AuthorizeOptions): Authorize {
     try {
       token = await verifyToken(bytes, {
         now: Date.now(),
+        audience: options.audience,
         isRoot: (issuer) => options.roots().has(issuer),
-        ...(options.revocations != null ? { revocations: options.revocations } : {})
+        ...(options.revocations != null ? { revocations: options.revocations() } : {}),
+        ...(options.replay != null ? { replay: options.replay } : {})
       })
     } catch (err) {
-      if (err instanceof TokenError) throw refuse(403, 'TOKEN_INVALID', err.message)
+      // A proof addressed to the wrong issuer is a broken chain, not a token for another node.
+      if (err instanceof TokenError) throw refuse(403, (err.check !== 'proof-audience' || err.depth === 0 ? TOKEN_CODES[err.check] : undefined) ?? 'TOKEN_INVALID', err.message)
       throw err
     }
     if (!token.capabilities.some((granted) => covers(granted, { with: resource, can: ability }))) {

@@ -12,7 +12,7 @@
  *   metagrid token verify TOKEN --root PEER... [--audience PEER]
  *   metagrid provenance CID [--api URL] [--json]
  *   metagrid provenance export CID --out FILE [--api URL]
- *   metagrid verify FILE [--json]         verify an exported provenance bundle offline
+ *   metagrid verify FILE [--witness PEER]... [--json]   verify an exported provenance bundle offline
  *
  * Tokens travel as base64url text (the form the API's Authorization header takes).
  */
@@ -20,8 +20,10 @@ import { readFile, stat, writeFile } from 'node:fs/promises'
 import * as dagCbor from '@ipld/dag-cbor'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import { loadOrCreateEd25519Key } from '../../attest/key-file.ts'
-import { ProvenanceError, verifyBundle, type Chain } from '../../attest/provenance.ts'
-import { issueToken, TokenError, verifyToken } from '../../attest/token.ts'
+import { ProvenanceError, verifyBundle, type Chain, type WitnessCheck } from '../../attest/provenance.ts'
+import { LEDGER_SHARD } from '../../p2p/constants.ts'
+import { verifyLeaseRecord } from '../../p2p/placement/lease.ts'
+import { issueToken, signRevocation, statementCid, TokenError, verifyToken } from '../../attest/token.ts'
 import { signMembership } from '../../attest/attestation.ts'
 import { generateKey } from '@libp2p/pnet'
 import { requestJson, resolveApiUrl, ApiResponseError } from '../cli/api-client.ts'
@@ -90,7 +92,8 @@ export async function keyCommand (args: string[], io: CommandIO): Promise<ExitCo
 export async function tokenCommand (args: string[], io: CommandIO): Promise<ExitCodeValue> {
   const { values, positionals } = parseCommandLine('token', args, {
     key: { type: 'string' }, audience: { type: 'string' }, cap: { type: 'string', multiple: true }, ttl: { type: 'string' },
-    proof: { type: 'string', multiple: true }, root: { type: 'string', multiple: true }, json: { type: 'boolean' }
+    proof: { type: 'string', multiple: true }, root: { type: 'string', multiple: true }, json: { type: 'boolean' },
+    once: { type: 'boolean' }, api: { type: 'string' }
   }, 2)
   const [sub, token] = positionals
   if (sub === 'issue') {
@@ -106,8 +109,20 @@ export async function tokenCommand (args: string[], io: CommandIO): Promise<Exit
     })
     const now = Date.now()
     const proofs = await Promise.all(((values.proof as string[] | undefined) ?? []).map(tokenBytes))
-    const bytes = await issueToken(key, { audience, capabilities, notBefore: now, expiresAt: now + durationMs(stringValue(values.ttl) ?? '1h', '--ttl'), proofs })
+    const bytes = await issueToken(key, { audience, capabilities, notBefore: now, expiresAt: now + durationMs(stringValue(values.ttl) ?? '1h', '--ttl'), proofs, once: values.once === true })
     io.stdout.write(`${Buffer.from(bytes).toString('base64url')}\n`)
+    return ExitCode.OK
+  }
+  if (sub === 'revoke' && token != null) {
+    // Signed with the key of an issuer in the token's chain (its own issuer's, or one above): only those revocations count.
+    const key = await existingKey(stringValue(values.key), 'metagrid token revoke')
+    const revocation = await signRevocation(key, await statementCid(await tokenBytes(token)))
+    const answer = await requestJson<{ cid: string, revokedBy: string }>(resolveApiUrl(stringValue(values.api), io.env), '/v1/tokens/revocations', {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ revocation: Buffer.from(revocation).toString('base64url') })
+    })
+    io.stdout.write(`revoked ${answer.cid} (by ${answer.revokedBy}); every node refuses it once the revocation has spread\n`)
     return ExitCode.OK
   }
   if ((sub === 'inspect' || sub === 'verify') && token != null) {
@@ -132,7 +147,7 @@ export async function tokenCommand (args: string[], io: CommandIO): Promise<Exit
       return ExitCode.FAILURE
     }
   }
-  throw new UsageError('usage error: metagrid token issue|inspect|verify (see metagrid help)')
+  throw new UsageError('usage error: metagrid token issue|inspect|verify|revoke (see metagrid help)')
 }
 
 /** The token's fields and its proofs', decoded without any check. */
@@ -156,7 +171,8 @@ function inspect (bytes: Uint8Array): unknown {
 }
 
 function printChain (chain: Chain, io: CommandIO): void {
-  io.stdout.write(renderFields([['asset', chain.asset], ['owner', chain.owner ?? '-'], ['records', String(chain.chain.length)], ['conflicts', chain.conflicts.length === 0 ? 'none' : chain.conflicts.map((c) => `on ${c.prev ?? 'genesis'}: kept ${c.kept}, also ${c.rejected.join(', ')}`).join('; ')]]))
+  const registration = chain.registration == null ? 'none' : `record ${chain.registration.record}, epoch ${chain.registration.epoch}, sequence ${chain.registration.seq}, by ${chain.registration.witness}`
+  io.stdout.write(renderFields([['asset', chain.asset], ['registered', registration], ['owner', chain.owner ?? '-'], ['records', String(chain.chain.length)], ['conflicts', chain.conflicts.length === 0 ? 'none' : chain.conflicts.map((c) => `on ${c.prev ?? 'genesis'}: kept ${c.kept}, also ${c.rejected.join(', ')}`).join('; ')]]))
   io.stdout.write('\n')
   io.stdout.write(renderTable(['#', 'kind', 'by', 'to', 'when', 'record'], chain.chain.map((s, i) => [String(i + 1), s.kind + (s.licence != null ? ` (${s.licence})` : ''), s.by, s.to ?? '', new Date(s.issuedAt).toISOString(), s.cid])))
   for (const x of chain.invalid) io.stdout.write(`not in the chain: ${x.cid}: ${x.reason}\n`)
@@ -187,8 +203,26 @@ export async function provenanceCommand (args: string[], io: CommandIO): Promise
   return ExitCode.OK
 }
 
+/**
+ * Who counts as the ledger's registrar offline: the keys given with
+ * `--witness`, or else the holder, at the receipt's epoch, of a `sys.ledger`
+ * lease record the bundle carries that verifies (its holder's signature and
+ * a majority of its voters' grants).
+ */
+function witnessCheck (pinned: readonly string[], now: number): (leases: readonly Uint8Array[]) => Promise<WitnessCheck> {
+  return async (leases) => {
+    if (pinned.length > 0) return (receipt) => pinned.includes(receipt.witness)
+    const holders = new Map<number, string>()
+    for (const record of leases) {
+      const lease = await verifyLeaseRecord(record, now).catch(() => null)
+      if (lease?.shard === LEDGER_SHARD) holders.set(lease.epoch, lease.holder)
+    }
+    return (receipt) => holders.get(receipt.epoch) === receipt.witness
+  }
+}
+
 export async function verifyCommand (args: string[], io: CommandIO): Promise<ExitCodeValue> {
-  const { values, positionals } = parseCommandLine('verify', args, { json: { type: 'boolean' } }, 1)
+  const { values, positionals } = parseCommandLine('verify', args, { json: { type: 'boolean' }, witness: { type: 'string', multiple: true } }, 1)
   const file = positionals[0]
   if (file == null) throw new UsageError('usage error: metagrid verify FILE (a bundle from metagrid provenance export)')
   let bytes: Uint8Array
@@ -198,7 +232,7 @@ export async function verifyCommand (args: string[], io: CommandIO): Promise<Exi
     throw new UsageError(`usage error: cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`)
   }
   try {
-    const chain = await verifyBundle(bytes)
+    const chain = await verifyBundle(bytes, Date.now(), witnessCheck((values.witness as string[] | undefined) ?? [], Date.now()))
     if (values.json === true) io.stdout.write(`${JSON.stringify({ valid: true, ...chain }, null, 2)}\n`)
     else { io.stdout.write('valid: every signature and link checks out\n'); printChain(chain, io) }
     return ExitCode.OK

@@ -182,6 +182,11 @@ export const configSchema = z.strictObject({
   listen: z.array(multiaddrString).min(1, { error: 'expected at least one listen multiaddr' }),
   announce: z.array(multiaddrString),
   api: hostPort,
+  /**
+   * Host names the API answers to beyond IP literals, localhost and the host in `api`. A page
+   * reached through DNS rebinding sends its own name as Host, so only names listed here get in.
+   */
+  apiAllowedHosts: z.array(z.string().regex(/^[A-Za-z0-9.-]{1,253}$/, { error: 'expected a host name such as grid.example.org' })).max(64).default([]),
   bootstrap: z.array(bootstrapAddr),
   region: regionCode.optional(),
   logLevel: z.enum(logLevels),

@@ -25,13 +25,13 @@ export interface WriteAuthority {
 /**
  * The authority for shards outside placement (`shards.served`, system
  * shards): any peer may write and serve, unless `trusted` says otherwise
- * (federation: only nodes of trusted operators). System shards add their own
- * per-entry ownership rules on top (see rules.ts).
+ * (federation: only nodes of trusted operators write served shards). System
+ * shards add their own per-entry ownership rules on top (see rules.ts).
  */
-export function openAuthority (trusted: (peer: string) => boolean = () => true): WriteAuthority {
+export function openAuthority (trusted: (peer: string, shard: string) => boolean = () => true): WriteAuthority {
   return {
-    mayWrite: (_shard, origin) => trusted(origin) ? allowed : { ok: false, code: 'UNTRUSTED_WRITER', action: 'ignore', detail: `${origin} is not a node of a trusted operator` },
-    mayServe: (_shard, peer) => trusted(peer),
+    mayWrite: (shard, origin) => trusted(origin, shard) ? allowed : { ok: false, code: 'UNTRUSTED_WRITER', action: 'ignore', detail: `${origin} is not a node of a trusted operator` },
+    mayServe: (shard, peer) => trusted(peer, shard),
     epochFor: () => 0
   }
 }

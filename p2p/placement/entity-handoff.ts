@@ -18,6 +18,13 @@
  * finishes it, aborted drops it. A source asked about a transfer it never
  * committed marks it aborted before answering (after `abandonAfterMs`), so a
  * late PREPARE that lands after the source gave up is dropped, never applied.
+ *
+ * Who may ask what (the admission rules of this protocol): PREPARE and COMMIT
+ * come from the source shard's lease holder, as this node's lease table
+ * shows it, and only to the target shard's holder; what PREPARE carries must
+ * be an entity the document would take (names, depth, and the whole entity
+ * within `maxValueBytes`). OUTCOME is answered only by the source's holder.
+ * Refusals are counted in `metagrid_admission_rejected_total{path="handoff"}`.
  */
 import { randomBytes } from 'node:crypto'
 import * as dagCbor from '@ipld/dag-cbor'
@@ -25,6 +32,7 @@ import { peerIdFromString } from '@libp2p/peer-id'
 import { lpStream } from '@libp2p/utils'
 import { HANDOFF_PROTOCOL } from '../constants.ts'
 import { WireProtocolError, wireErrorCode } from '../wire-error.ts'
+import { checkComponents, checkValue, MAX_NAME_LENGTH, ShardDocError } from '../../storage/crdt/shard-doc.ts'
 import type { JsonValue } from '../../storage/crdt/codec.ts'
 import type { ShardStore } from '../../storage/shard-store.ts'
 import type { MetagridLibp2p } from '../libp2p.ts'
@@ -77,6 +85,8 @@ export interface EntityHandoffComponents {
   hostOf: (shard: string) => string | null
   /** Throws if this node may not write to the shard (not its host). */
   guardWrite: (shard: string) => void
+  /** Largest encoded size of one component value: a pending transfer holds the whole entity in one. */
+  maxValueBytes: number
   metrics: P2pMetrics | null
   logger: Logger
 }
@@ -98,7 +108,7 @@ function decodeRequest (bytes: Uint8Array): Request {
   }
   const r = (value ?? {}) as Record<string, unknown>
   const keys = Object.keys(r).sort().join(',')
-  if (r.t === 'prepare' && keys === 'components,entity,from,id,t,to' && isId(r.id) && isName(r.from, 64) && isName(r.to, 64) && isName(r.entity) && typeof r.components === 'string') return r as Request
+  if (r.t === 'prepare' && keys === 'components,entity,from,id,t,to' && isId(r.id) && isName(r.from, 64) && isName(r.to, 64) && isName(r.entity, MAX_NAME_LENGTH) && typeof r.components === 'string') return r as Request
   if (r.t === 'commit' && keys === 'id,t,to' && isId(r.id) && isName(r.to, 64)) return r as Request
   if (r.t === 'outcome' && keys === 'from,id,t' && isId(r.id) && isName(r.from, 64)) return r as Request
   throw new HandoffProtocolError('MALFORMED', 'request fields missing or mistyped')
@@ -123,7 +133,7 @@ export class EntityHandoff {
       const lp = lpStream(stream, { maxDataLength: MAX_FRAME_BYTES })
       try {
         const request = decodeRequest((await lp.read({ signal })).subarray())
-        await lp.write(dagCbor.encode(await this.answer(request)), { signal })
+        await lp.write(dagCbor.encode(await this.answer(request, connection.remotePeer.toString())), { signal })
         await stream.close({ signal })
       } catch (err) {
         const code = wireErrorCode(err)
@@ -178,7 +188,8 @@ export class EntityHandoff {
   }
 
   private async request (peer: string, request: Request): Promise<Record<string, unknown> | null> {
-    if (peer === this.components.libp2p.peerId.toString()) return this.answer(request)
+    const self = this.components.libp2p.peerId.toString()
+    if (peer === self) return this.answer(request, self)
     const signal = AbortSignal.timeout(REQUEST_TIMEOUT_MS)
     try {
       const stream = await this.components.libp2p.dialProtocol(peerIdFromString(peer), HANDOFF_PROTOCOL, { signal })
@@ -198,35 +209,48 @@ export class EntityHandoff {
     }
   }
 
-  private async answer (request: Request): Promise<Record<string, unknown>> {
+  /** A refusal of a request, counted under a bounded code. */
+  private refuse (code: string): Record<string, unknown> {
+    this.components.metrics?.admissionRejected.inc({ path: 'handoff', reason: code, action: 'ignore' })
+    return { ok: false, code }
+  }
+
+  private async answer (request: Request, sender: string): Promise<Record<string, unknown>> {
     const { replication } = this.components
     if (request.t === 'outcome') {
-      let source: ShardStore
+      // Only the source's holder speaks for the source (and may mark a stale transfer aborted in it).
       try {
-        source = replication.shard(request.from)
+        this.components.guardWrite(request.from)
       } catch {
-        return { ok: false, code: 'UNKNOWN_SHARD' }
+        return this.refuse('NOT_HOST')
       }
-      return { ok: true, outcome: await this.outcome(source, request.id) }
+      return { ok: true, outcome: await this.outcome(replication.shard(request.from), request.id) }
     }
     const shard = request.to
     try {
       this.components.guardWrite(shard)
     } catch {
-      return { ok: false, code: 'NOT_HOST' }
+      return this.refuse('NOT_HOST')
     }
     const target = await replication.ensure(shard)
     if (request.t === 'prepare') {
+      if (this.components.hostOf(request.from) !== sender) return this.refuse('NOT_SOURCE_HOST')
       let components: Record<string, JsonValue>
       try {
         components = JSON.parse(request.components) as Record<string, JsonValue>
-      } catch {
-        throw new HandoffProtocolError('MALFORMED', 'components are not JSON')
+        checkComponents(request.entity, components, this.components.maxValueBytes)
+        // The pending record holds the whole entity in one value, under the same limit as any value.
+        checkValue(components, `entity ${request.entity}`, this.components.maxValueBytes)
+      } catch (err) {
+        if (err instanceof SyntaxError || err instanceof ShardDocError) return this.refuse('BAD_ENTITY')
+        throw err
       }
       target.doc.setComponent(`${PENDING_PREFIX}${request.id}`, 'transfer', { entity: request.entity, from: request.from, components, at: Date.now() })
       await target.commit()
       return { ok: true }
     }
+    const pending = target.doc.entity(`${PENDING_PREFIX}${request.id}`)?.components.transfer as { from?: string } | undefined
+    if (pending != null && (pending.from == null || this.components.hostOf(pending.from) !== sender)) return this.refuse('NOT_SOURCE_HOST')
     return { ok: await this.finish(target, request.id, 'committed') }
   }
 

@@ -72,6 +72,10 @@ function decodeVote (bytes: Uint8Array): Vote {
   throw new LeaseProtocolError('MALFORMED', 'vote fields missing or mistyped')
 }
 
+function encodeHandoff (answer: HandoffAnswer): Uint8Array {
+  return dagCbor.encode({ ok: answer.ok, ...(answer.code != null ? { c: answer.code.slice(0, 32) } : {}), ...(answer.detail != null ? { d: answer.detail.slice(0, 256) } : {}) })
+}
+
 function decodeHandoff (bytes: Uint8Array): HandoffAnswer {
   const { ok, c, d } = decode(bytes)
   if (typeof ok !== 'boolean') throw new LeaseProtocolError('MALFORMED', 'handoff answer fields missing or mistyped')
@@ -91,8 +95,8 @@ export async function handleLeaseProtocol (libp2p: MetagridLibp2p, handlers: Lea
     try {
       const request = decodeLeaseRequest((await lp.read({ signal })).subarray())
       const answer = request.t === 'claim'
-        ? encodeVote(await handlers.claim(request.lease, request.release, connection.remotePeer))
-        : dagCbor.encode(await handlers.handoff(request.shard, request.release, connection.remotePeer))
+        ? encodeVote(counted(await handlers.claim(request.lease, request.release, connection.remotePeer), metrics))
+        : encodeHandoff(await handlers.handoff(request.shard, request.release, connection.remotePeer))
       await lp.write(answer, { signal })
       await stream.close({ signal })
     } catch (err) {
@@ -102,6 +106,14 @@ export async function handleLeaseProtocol (libp2p: MetagridLibp2p, handlers: Lea
       stream.abort(err as Error)
     }
   }, { maxInboundStreams: MAX_STREAMS, maxOutboundStreams: MAX_STREAMS })
+}
+
+/** Refusals that say the claim itself was wrong (not that the shard is held): counted as the admission layer's. */
+const REFUSED_CLAIMS = new Set(['BAD_LEASE', 'TOO_LONG', 'NOT_A_VOTER', 'NOT_ELIGIBLE'])
+
+function counted (vote: Vote, metrics: P2pMetrics | null): Vote {
+  if (!vote.ok && REFUSED_CLAIMS.has(vote.code)) metrics?.admissionRejected.inc({ path: 'lease', reason: vote.code, action: 'reject' })
+  return vote
 }
 
 async function exchange (libp2p: MetagridLibp2p, peer: PeerId, request: LeaseRequest, timeoutMs: number): Promise<Uint8Array> {

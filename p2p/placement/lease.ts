@@ -3,7 +3,7 @@
  * central authority.
  *
  * A claimant signs a lease statement `{ shard, epoch, holder, voters, prev,
- * expiresAt, startedAt }` and asks the voters (its chosen replicas and
+ * prevHolder, expiresAt, startedAt }` and asks the voters (its chosen replicas and
  * itself) and the previous lease's voters (`prev`) to grant it. Each voter
  * keeps one durable promise per shard — the highest epoch it granted and to
  * whom — and grants:
@@ -30,6 +30,7 @@ import { z } from 'zod'
 import { CheckError } from '../../attest/envelope.ts'
 import { signStatement, StatementError, verifyStatement } from '../../attest/statement.ts'
 import type { Sublevel } from '../../storage/database.ts'
+import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import type { PrivateKey } from '@libp2p/interface'
 
 export const LEASE_TYPE = 'metagrid.lease/v1'
@@ -47,6 +48,8 @@ export const leasePredicate = z.strictObject({
   holder: peer,
   voters: z.array(peer).min(1).max(MAX_VOTERS),
   prev: z.array(peer).max(MAX_VOTERS),
+  /** The holder of the epoch before this one (null for a shard's first lease): each lease names its predecessor, so accepted leases chain back. */
+  prevHolder: peer.nullable(),
   expiresAt: z.int().min(0),
   /** When this epoch began (kept through renewals): hysteresis counts from here. */
   startedAt: z.int().min(0)
@@ -65,6 +68,8 @@ export class LeaseError extends CheckError<LeaseCheck> {
 }
 
 export interface VerifiedLease extends LeaseTerms {
+  /** When the holder signed this version of the lease (its claim or its latest renewal). */
+  issuedAt: number
   /** The record as stored in the table (lease statement plus grants). */
   record: Uint8Array
 }
@@ -87,7 +92,7 @@ async function signGrant (key: PrivateKey, terms: LeaseTerms, now: number): Prom
 }
 
 /** Opens a holder-signed lease statement (not yet a valid lease: no grants). */
-export async function openLeaseStatement (bytes: Uint8Array, now: number): Promise<LeaseTerms> {
+export async function openLeaseStatement (bytes: Uint8Array, now: number): Promise<LeaseTerms & { issuedAt: number }> {
   let statement
   try {
     statement = await verifyStatement(bytes, { type: LEASE_TYPE, predicate: leasePredicate, now })
@@ -98,7 +103,8 @@ export async function openLeaseStatement (bytes: Uint8Array, now: number): Promi
   const terms = statement.predicate
   if (statement.signer.toString() !== terms.holder) throw new LeaseError('holder', `lease names ${terms.holder} but is signed by ${statement.signer.toString()}`)
   if (new Set(terms.voters).size !== terms.voters.length || !terms.voters.includes(terms.holder)) throw new LeaseError('lease', 'voters must be distinct and include the holder')
-  return terms
+  if (new Set(terms.prev).size !== terms.prev.length) throw new LeaseError('lease', 'previous voters must be distinct')
+  return { ...terms, issuedAt: statement.issuedAt }
 }
 
 export async function openRelease (bytes: Uint8Array, now: number): Promise<Release & { signer: string }> {
@@ -160,7 +166,10 @@ export async function verifyLeaseRecord (record: Uint8Array, now: number): Promi
   return { ...terms, record }
 }
 
-export type VoteRefusal = 'STALE_EPOCH' | 'EPOCH_TAKEN' | 'HELD' | 'BAD_LEASE' | 'TOO_LONG'
+export type VoteRefusal = 'STALE_EPOCH' | 'EPOCH_TAKEN' | 'HELD' | 'BAD_LEASE' | 'TOO_LONG' | 'NOT_A_VOTER' | 'NOT_ELIGIBLE'
+
+/** Every code a vote refusal may carry; anything else a peer sends is counted as `other` (metric labels stay bounded). */
+export const VOTE_REFUSALS: ReadonlySet<string> = new Set<VoteRefusal>(['STALE_EPOCH', 'EPOCH_TAKEN', 'HELD', 'BAD_LEASE', 'TOO_LONG', 'NOT_A_VOTER', 'NOT_ELIGIBLE'])
 
 export type Vote = { ok: true, grant: Uint8Array } | { ok: false, code: VoteRefusal, detail: string, epoch: number, holder: string | null }
 
@@ -174,6 +183,14 @@ export interface VoterOptions {
 }
 
 /**
+ * What the voter's own view says of a claim before it promises anything: the
+ * shard is one of the world's, and the claimant may hold it (placement's
+ * assignment, the current voters, the federation policy). A refusal here
+ * names a bounded code.
+ */
+export type ClaimCheck = (terms: LeaseTerms) => { ok: true } | { ok: false, code: 'NOT_ELIGIBLE' | 'BAD_LEASE', detail: string }
+
+/**
  * One node's votes, persisted before they are sent: a voter that crashes and
  * restarts still remembers every promise, so it never grants one epoch twice.
  */
@@ -184,14 +201,19 @@ export class LeaseVoter {
   private readonly options: VoterOptions
   private readonly now: () => number
 
-  constructor (db: Sublevel, key: PrivateKey, options: VoterOptions, now: () => number = Date.now) {
+  private readonly self: string
+  private readonly check: ClaimCheck
+
+  constructor (db: Sublevel, key: PrivateKey, options: VoterOptions, check: ClaimCheck, now: () => number = Date.now) {
     this.db = db
     this.key = key
     this.options = options
+    this.check = check
     this.now = now
+    this.self = peerIdFromPrivateKey(key).toString()
   }
 
-  /** Promises are read through a cache (written through on every grant); the database is the truth after a restart. */
+  /** Promises are read through a cache (written through on every grant; one entry per world shard, which bounds it); the database is the truth after a restart. */
   private readonly cache = new Map<string, Promise_ | null>()
 
   async promised (shard: string): Promise<Promise_ | undefined> {
@@ -215,6 +237,12 @@ export class LeaseVoter {
     if (terms.expiresAt > now + this.options.maxLeaseMs + this.options.marginMs) {
       return { ok: false, code: 'TOO_LONG', detail: `lease runs ${terms.expiresAt - now} ms; at most ${this.options.maxLeaseMs}`, epoch: terms.epoch, holder: null }
     }
+    // A promise is kept per shard, durably: only claims this node is asked to vote on, for shards of the world, get one.
+    if (!terms.voters.includes(this.self) && !terms.prev.includes(this.self)) {
+      return { ok: false, code: 'NOT_A_VOTER', detail: 'this node is not among the voters of that lease', epoch: terms.epoch, holder: null }
+    }
+    const verdict = this.check(terms)
+    if (!verdict.ok) return { ok: false, code: verdict.code, detail: verdict.detail, epoch: terms.epoch, holder: null }
     let releasedBy: string | undefined
     if (release != null) {
       try {

@@ -2,50 +2,46 @@
  * The placement engine on one node. Every `tickMs` it:
  *
  * 1. publishes its own signed capability descriptor in the system shard
- *    `sys.placement`, which every node replicates (so every node has the same
- *    signed inputs);
+ *    `sys.placement` (placement-table.ts), which every node replicates, so
+ *    every node has the same signed inputs;
  * 2. builds the candidate list: nodes with a valid descriptor that its
  *    membership view does not hold dead, with load headroom and coordinate
  *    from their signed load reports;
- * 3. computes the assignment (assign.ts) — deterministic, so nodes with the
- *    same inputs agree — and opens the shards it hosts or replicates;
- * 4. acts on leases (lease.ts), the authority on who serves a shard:
- *    - the desired host of a shard with no lease, or whose lease lapsed,
- *      claims the next epoch (after pulling the shard's state from the
- *      previous voters);
- *    - a holder renews at half the lease time and steps down when a
- *      voter says a newer epoch exists;
- *    - a holder whose shard would do clearly better elsewhere (score gain of
- *      at least `minGain`, held at least `minHoldMs`: hysteresis) hands it
- *      off: it stops taking writes, signs a release, and the new host pulls
- *      the state and claims the next epoch with that release.
- *
- * Leases live in `sys.placement` too: entity `lease.<shard>`, one component
- * per epoch (`e<epoch>`), so a late write of an old epoch never overwrites a
- * newer one. Readers verify every record and take the highest valid epoch.
+ * 3. computes the assignment (assign.ts), deterministic, so nodes with the
+ *    same inputs agree, and opens the shards it hosts or replicates;
+ * 4. judges the lease records in the table against its own view
+ *    (lease-rules.ts) and keeps the accepted ones (lease-history.ts): the
+ *    authority on who serves a shard, and, through the write authority
+ *    (write-authority.ts), on whose writes every path admits;
+ * 5. acts on its own leases (lease-keeper.ts): claims, renewals, voter-set
+ *    changes and planned handoffs.
  */
 import { createHash } from 'node:crypto'
-import { peerIdFromString } from '@libp2p/peer-id'
-import { AttestationError, mayHost, trustOf, verifyAttestation, type FederationPolicy, type Trust, type VerifiedAttestation } from '../../attest/attestation.ts'
+import { mayHost } from '../../attest/attestation.ts'
 import { signStatement } from '../../attest/statement.ts'
-import { openDescriptor, type CapabilityDescriptor } from '../catalog/descriptor.ts'
 import { tagsOf } from '../catalog/tags.ts'
-import { LEASE_PROTOCOL, PLACEMENT_SHARD } from '../constants.ts'
+import { LEDGER_SHARD, PLACEMENT_SHARD } from '../constants.ts'
 import { assign, explain, type Assignment, type Candidate, type Explained, type PlacementParams } from './assign.ts'
-import { encodeLeaseRecord, hasQuorum, LeaseVoter, openRelease, signLease, signRelease, verifyLeaseRecord, LeaseError, type LeaseTerms, type VerifiedLease, type Vote } from './lease.ts'
-import { handleLeaseProtocol, requestHandoff, requestVote, type HandoffAnswer } from './lease-protocol.ts'
 import { shouldMove } from './hysteresis.ts'
+import { LeaseHistory } from './lease-history.ts'
+import { LeaseKeeper } from './lease-keeper.ts'
+import { followedBy, judgeLease } from './lease-rules.ts'
+import { PlacementTable, type TableNode } from './placement-table.ts'
+import { placementAuthority } from './write-authority.ts'
 import { World, type ShardInfo, type WorldConfig } from './world.ts'
-import type { Policy } from './policy.ts'
+import type { FederationPolicy } from '../../attest/attestation.ts'
+import type { WriteAuthority } from '../admission/authority.ts'
+import type { LeaseTerms, VerifiedLease } from './lease.ts'
+import { Policy, type PolicySubject } from './policy.ts'
 import type { Catalog } from '../catalog/catalog.ts'
+import type { Registrar } from '../provenance.ts'
 import type { MetagridLibp2p } from '../libp2p.ts'
 import type { Mesh } from '../mesh.ts'
 import type { Replication } from '../sync/replication.ts'
 import type { Sublevel } from '../../storage/database.ts'
-import type { ShardStore } from '../../storage/shard-store.ts'
 import type { Logger } from '../logger.ts'
 import type { P2pMetrics } from '../metrics.ts'
-import type { PeerId, PrivateKey } from '@libp2p/interface'
+import type { PrivateKey } from '@libp2p/interface'
 
 export interface PlacementOptions {
   world: WorldConfig
@@ -73,6 +69,8 @@ export interface PlacementComponents {
   federation: FederationPolicy
   /** Where this node's lease votes are kept. */
   votes: Sublevel
+  /** Who may write shards outside the world (served and system shards). */
+  fallbackAuthority: WriteAuthority
   metrics: P2pMetrics | null
   logger: Logger
 }
@@ -115,7 +113,7 @@ export interface PeerAddress { peerId: string, addrs: string[] }
 export class NotHostError extends Error {
   static override name = 'NotHostError'
   override name = 'NotHostError'
-  readonly code: 'NOT_HOST' | 'STALE_EPOCH' | 'HANDOFF_IN_PROGRESS'
+  readonly code: 'NOT_HOST' | 'NOT_REPLICA' | 'STALE_EPOCH' | 'HANDOFF_IN_PROGRESS'
   readonly host: PeerAddress | null
   readonly epoch: number | null
   constructor (code: NotHostError['code'], message: string, host: PeerAddress | null, epoch: number | null) {
@@ -126,39 +124,30 @@ export class NotHostError extends Error {
   }
 }
 
-const VOTE_TIMEOUT_MS = 2_000
-const SYNC_BEFORE_SERVE_MS = 3_000
 const VIEW_TYPE = 'metagrid.placement-view/v1'
-
-const b64 = (bytes: Uint8Array): string => Buffer.from(bytes).toString('base64')
-const unb64 = (text: string): Uint8Array => new Uint8Array(Buffer.from(text, 'base64'))
+/** Epochs a lease may skip past the newest one a reader accepted (claims that failed half-way, epochs it missed). */
+const MAX_EPOCH_GAP = 64
+/** Lease records whose refusal was counted, so a record judged again each round is counted once; cleared when full. */
+const MAX_REFUSALS_REMEMBERED = 10_000
 
 export class Placement {
   readonly world: World
   private readonly components: PlacementComponents
   private readonly options: PlacementOptions
   private readonly log: Logger
-  private readonly voter: LeaseVoter
   private readonly self: string
+  private readonly table: PlacementTable
+  /** Every epoch of the ledger's registrar is kept: receipts of any age are checked against them. */
+  private readonly history = new LeaseHistory(undefined, (shard) => shard === LEDGER_SHARD)
+  private readonly keeper: LeaseKeeper
+  private readonly refused = new Set<string>()
   private timer: NodeJS.Timeout | undefined
   private ticking: Promise<void> | undefined
   private running = false
   private startedAt = 0
-  /** Verified descriptors and lease records by their base64 text; both are immutable once signed. */
-  private readonly descriptors = new Map<string, CapabilityDescriptor | null>()
-  private readonly leaseRecords = new Map<string, VerifiedLease | null>()
-  private readonly attestations = new Map<string, VerifiedAttestation | null>()
-  /** Each node's standing under the federation policy, as of the last round. */
-  private readonly trust = new Map<string, { trust: Trust, operator: string | null, codeDigest: string | null }>()
-  private readonly leases = new Map<string, VerifiedLease>()
-  private readonly pastHolders = new Map<string, Set<string>>()
-  private readonly held = new Map<string, { terms: LeaseTerms, record: Uint8Array }>()
-  private readonly busy = new Set<string>()
-  /** Highest epoch a voter told us it promised, per shard. */
-  private readonly epochFloor = new Map<string, number>()
-  private readonly handingOff = new Set<string>()
-  private readonly addrs = new Map<string, string[]>()
   private candidates: Candidate[] = []
+  /** Every node in the table as the policy sees it, alive or not: what lease eligibility is judged by. */
+  private subjects = new Map<string, PolicySubject>()
   private assignment = new Map<string, Assignment>()
   private computedAt = 0
   private fingerprint = ''
@@ -169,27 +158,47 @@ export class Placement {
   constructor (components: PlacementComponents, options: PlacementOptions) {
     this.components = components
     this.options = options
-    this.world = new World(options.world)
+    this.world = new World(options.world, [LEDGER_SHARD])
     this.log = components.logger.child({ component: 'metagrid:placement' })
     this.self = components.libp2p.peerId.toString()
-    this.voter = new LeaseVoter(components.votes, components.privateKey, { maxLeaseMs: options.leaseMs, marginMs: options.marginMs })
+    this.table = new PlacementTable({
+      replication: components.replication,
+      federation: components.federation,
+      isWorldShard: (shard) => this.world.shard(shard) != null,
+      keepsAllEpochs: (shard) => shard === LEDGER_SHARD,
+      metrics: components.metrics,
+      logger: components.logger
+    })
+    this.keeper = new LeaseKeeper({
+      libp2p: components.libp2p,
+      privateKey: components.privateKey,
+      replication: components.replication,
+      membership: components.mesh.membership,
+      table: this.table,
+      votes: components.votes,
+      checkClaim: (terms) => this.checkClaim(terms),
+      leaseOf: (shard) => this.history.current(shard),
+      adopt: (lease) => { this.adopt(lease) },
+      metrics: components.metrics,
+      logger: components.logger
+    }, { leaseMs: options.leaseMs, marginMs: options.marginMs })
+    this.keeper.setAssignment((shard) => this.assignment.get(shard))
   }
 
   async start (): Promise<void> {
-    const { libp2p, replication, metrics } = this.components
+    const { replication } = this.components
     await replication.ensure(PLACEMENT_SHARD)
-    replication.admission.setAuthority({
-      mayWrite: (shard, origin) => {
-        const fence = this.fence(shard, origin)
-        return fence === 'ok' ? { ok: true } : fence === 'stale' ? { ok: false, code: 'STALE_EPOCH', action: 'ignore', detail: `${origin} no longer holds the lease of ${shard}` } : { ok: false, code: 'NOT_HOLDER', action: 'ignore', detail: `${origin} holds no lease of ${shard} that this node knows of` }
-      },
-      mayServe: () => true,
-      epochFor: (shard) => this.holding(shard)?.epoch ?? this.leases.get(shard)?.epoch ?? 0
-    })
-    await handleLeaseProtocol(libp2p, {
-      claim: async (lease, release) => this.voter.vote(lease, release),
-      handoff: async (shard, release, from) => this.acceptHandoff(shard, release, from)
-    }, metrics, this.components.logger)
+    replication.admission.setRules(PLACEMENT_SHARD, this.table.rules())
+    replication.admission.setAuthority(placementAuthority({
+      world: this.world,
+      history: this.history,
+      assigned: (shard, peer) => this.assigned(shard, peer),
+      heldEpoch: (shard) => this.keeper.holding(shard)?.epoch,
+      self: this.self,
+      marginMs: this.options.marginMs,
+      fallback: this.components.fallbackAuthority
+    }))
+    await this.keeper.start(this.world)
     this.running = true
     this.startedAt = Date.now()
     this.timer = setInterval(() => { this.schedule() }, this.options.tickMs)
@@ -200,7 +209,7 @@ export class Placement {
     this.running = false
     clearInterval(this.timer)
     await this.ticking?.catch(() => {})
-    await this.components.libp2p.unhandle(LEASE_PROTOCOL).catch(() => {})
+    await this.keeper.stop()
   }
 
   private schedule (): void {
@@ -210,45 +219,17 @@ export class Placement {
     }).finally(() => { this.ticking = undefined })
   }
 
-  private table (): ShardStore {
-    return this.components.replication.shard(PLACEMENT_SHARD)
-  }
-
-  /** One round: publish, read the table, compute, act. Public for tests and the CLI's "now". */
+  /** One round: publish, read the table, compute, judge leases, act. Public for tests and the CLI's "now". */
   async tick (): Promise<void> {
-    await this.publishDescriptor()
-    await this.readTable()
-    this.compute()
+    const signed = this.components.catalog.current()?.signed
+    if (signed != null) await this.table.publishDescriptor(this.self, signed)
     const now = Date.now()
-    for (const shard of this.world.all()) {
-      const desired = this.assignment.get(shard.id)
-      const mine = desired?.host === this.self || desired?.replicas.includes(this.self) === true || this.held.has(shard.id)
-      if (mine) void this.components.replication.ensure(shard.id).catch((err) => { this.log.warn({ code: 'SHARD_OPEN', shard: shard.id, err }, 'could not open a placed shard') })
-      if (this.busy.has(shard.id)) continue
-      const held = this.held.get(shard.id)
-      if (held != null) {
-        if (now >= held.terms.expiresAt - this.options.marginMs) {
-          this.dropHeld(shard.id, 'lease expired before it could be renewed')
-        } else if (this.reconfigure(held.terms, desired, now)) {
-          this.run(shard.id, async () => this.claim(shard, this.leases.get(shard.id)))
-        } else if (held.terms.expiresAt - now < this.options.leaseMs / 2) {
-          this.run(shard.id, async () => this.renew(shard.id))
-        } else if (desired?.host != null && desired.host !== this.self && this.moveWorthIt(shard, held.terms, desired.host, now)) {
-          this.run(shard.id, async () => this.handOff(shard, held.terms, desired.host!))
-        }
-        continue
-      }
-      const lease = this.leases.get(shard.id)
-      const lapsed = lease != null && now > lease.expiresAt + this.options.marginMs
-      // A lapsed holder that our view still ranks first is silent: the next candidate takes over without waiting for it to be declared dead.
-      const claimer = lapsed && desired?.host === lease.holder ? desired.replicas[0] : desired?.host
-      if (claimer !== this.self) continue
-      // A node just started has not heard of its peers' leases yet: let the table sync before claiming unleased shards.
-      if (lease == null && now - this.startedAt < this.options.settleMs) continue
-      if (lease == null || lapsed || lease.holder === this.self) {
-        this.run(shard.id, async () => this.claim(shard, lease))
-      }
-    }
+    const { nodes, leases } = await this.table.read(now)
+    this.subjects = new Map(nodes.map((node) => [node.descriptor.peerId, this.subject(node)]))
+    this.candidates = nodes.map((node) => this.candidate(node)).filter((c): c is Candidate => c != null)
+    this.compute()
+    this.judge(leases)
+    for (const shard of this.world.all()) this.act(shard, now)
     this.refreshGauges()
     if (this.roundHook != null && !this.hookRunning) {
       this.hookRunning = true
@@ -258,141 +239,150 @@ export class Placement {
     }
   }
 
-  private run (shard: string, task: () => Promise<unknown>): void {
-    this.busy.add(shard)
-    void task().catch((err) => {
-      this.log.warn({ code: 'LEASE_TASK', shard, err }, 'lease work failed')
-    }).finally(() => this.busy.delete(shard))
+  /** What this node does about one shard this round (see lease-keeper.ts). */
+  private act (shard: ShardInfo, now: number): void {
+    const { keeper } = this
+    const desired = this.assignment.get(shard.id)
+    const mine = desired?.host === this.self || desired?.replicas.includes(this.self) === true || keeper.holds(shard.id)
+    if (mine) void this.components.replication.ensure(shard.id).catch((err) => { this.log.warn({ code: 'SHARD_OPEN', shard: shard.id, err }, 'could not open a placed shard') })
+    if (keeper.isBusy(shard.id)) return
+    const terms = keeper.termsOf(shard.id)
+    if (terms != null) {
+      if (keeper.expire(shard.id, now)) return
+      if (this.reconfigure(terms, desired, now)) {
+        keeper.run(shard.id, async () => keeper.claim(shard, desired, this.history.current(shard.id)))
+      } else if (terms.expiresAt - now < this.options.leaseMs / 2) {
+        keeper.run(shard.id, async () => keeper.renew(shard.id))
+      } else if (desired?.host != null && desired.host !== this.self && this.moveWorthIt(shard, terms, desired.host, now)) {
+        keeper.run(shard.id, async () => keeper.handOff(shard, desired.host!))
+      }
+      return
+    }
+    const lease = this.history.current(shard.id)
+    const lapsed = lease != null && now > lease.expiresAt + this.options.marginMs
+    // A lapsed holder that our view still ranks first is silent: the next candidate takes over without waiting for it to be declared dead.
+    const claimer = lapsed && desired?.host === lease.holder ? desired.replicas[0] : desired?.host
+    if (claimer !== this.self) return
+    // A node just started has not heard of its peers' leases yet: let the table sync before claiming unleased shards.
+    if (lease == null && now - this.startedAt < this.options.settleMs) return
+    if (lease == null || lapsed || lease.holder === this.self) keeper.run(shard.id, async () => keeper.claim(shard, desired, lease))
   }
 
-  private async publishDescriptor (): Promise<void> {
-    const signed = this.components.catalog.current()?.signed
-    if (signed == null) return
-    const text = b64(signed)
-    const store = this.table()
-    const entity = `node.${this.self}`
-    if (store.doc.entity(entity)?.components.d === text) return
-    store.doc.setComponent(entity, 'd', text)
-    await store.commit()
-  }
-
-  private async readTable (): Promise<void> {
-    const doc = this.table().doc
-    const now = Date.now()
-    if (this.descriptors.size > 10_000) this.descriptors.clear()
-    if (this.leaseRecords.size > 10_000) this.leaseRecords.clear()
-    const candidates: Candidate[] = []
-    for (const id of doc.entityIds()) {
-      if (id.startsWith('node.')) {
-        const text = doc.entity(id)?.components.d
-        if (typeof text !== 'string') continue
-        const descriptor = await this.descriptor(id.slice(5), text, now)
-        if (descriptor == null || descriptor.expiresAt <= now) continue
-        this.addrs.set(descriptor.peerId, descriptor.addrs)
-        const att = doc.entity(id)?.components.att
-        const attestation = typeof att === 'string' ? await this.attestation(descriptor.peerId, att, now) : null
-        const trust = trustOf(attestation, this.components.federation)
-        this.trust.set(descriptor.peerId, { trust, operator: attestation?.operator ?? null, codeDigest: attestation?.software.codeDigest ?? null })
-        const candidate = this.candidate(descriptor, attestation, trust)
-        if (candidate != null) candidates.push(candidate)
-      } else if (id.startsWith('lease.')) {
-        const shard = id.slice(6)
-        let best: VerifiedLease | undefined
-        for (const [component, value] of Object.entries(doc.entity(id)?.components ?? {})) {
-          if (!component.startsWith('e') || typeof value !== 'string') continue
-          const lease = await this.leaseRecord(value, now)
-          if (lease == null || lease.shard !== shard) continue
-          if (best == null || lease.epoch > best.epoch) best = lease
+  /**
+   * Judges the table's lease records against this node's view, oldest epoch
+   * first, and keeps those it accepts; then, newest first, takes the older
+   * epochs its accepted ones name as their predecessors (lease-rules.ts).
+   */
+  private judge (leases: Map<string, VerifiedLease[]>): void {
+    for (const [shard, records] of leases) {
+      if (this.world.shard(shard) == null) continue
+      for (let i = records.length - 1; i >= 0; i--) {
+        const lease = records[i]!
+        if (this.history.at(shard, lease.epoch) == null && followedBy(lease, this.history.after(shard, lease.epoch))) this.adopt(lease)
+      }
+      for (const lease of records) {
+        // Two leases of one epoch can both be valid (a genesis race between disjoint voter sets): the next
+        // epoch names which one it followed, and that one is its predecessor, whichever this node kept.
+        let previous = this.history.before(shard, lease.epoch)
+        let predecessor: VerifiedLease | undefined
+        if (previous != null && previous.epoch === lease.epoch - 1 && previous.holder !== lease.prevHolder) {
+          predecessor = records.find((r) => r.epoch === previous!.epoch && r.holder === lease.prevHolder && this.judged(shard, r, this.history.before(shard, r.epoch)).ok)
+          if (predecessor != null) previous = predecessor
         }
-        if (best != null) this.adoptLease(best)
+        const verdict = this.judged(shard, lease, previous)
+        if (verdict.ok) {
+          if (predecessor != null) this.history.replace(predecessor)
+          this.adopt(lease)
+          continue
+        }
+        const key = `${shard}\u0000${lease.epoch}\u0000${lease.holder}\u0000${verdict.code}`
+        if (this.refused.has(key)) continue
+        if (this.refused.size >= MAX_REFUSALS_REMEMBERED) this.refused.clear()
+        this.refused.add(key)
+        this.components.metrics?.admissionRejected.inc({ path: 'lease', reason: verdict.code, action: 'ignore' })
+        this.log.debug({ code: verdict.code, shard, epoch: lease.epoch, holder: lease.holder, reason: verdict.detail }, 'lease not accepted')
       }
     }
-    this.candidates = candidates
   }
 
-  private async descriptor (peerId: string, text: string, now: number): Promise<CapabilityDescriptor | null> {
-    if (this.descriptors.has(text)) return this.descriptors.get(text)!
-    let descriptor: CapabilityDescriptor | null = null
-    try {
-      descriptor = await openDescriptor(unb64(text), { now, expectedPeerId: peerId })
-    } catch (err) {
-      this.components.metrics?.catalogRejected.inc({ reason: (err as { reason?: string }).reason ?? 'encoding' })
-    }
-    this.descriptors.set(text, descriptor)
-    return descriptor
+  private judged (shard: string, lease: VerifiedLease, previous: VerifiedLease | undefined): ReturnType<typeof judgeLease> {
+    return judgeLease(lease, {
+      leaseMs: this.options.leaseMs,
+      marginMs: this.options.marginMs,
+      maxEpochGap: MAX_EPOCH_GAP,
+      previous,
+      eligible: (peer) => this.eligible(shard, peer),
+      mayHost: (peer) => this.mayHost(peer)
+    })
   }
 
-  private async attestation (peerId: string, text: string, now: number): Promise<VerifiedAttestation | null> {
-    const cached = this.attestations.get(text)
-    if (cached !== undefined) return cached != null && cached.expiresAt > now ? cached : null
-    if (this.attestations.size > 10_000) this.attestations.clear()
-    let attestation: VerifiedAttestation | null = null
-    try {
-      attestation = await verifyAttestation(unb64(text), now)
-      if (attestation.node !== peerId) throw new AttestationError('subject', `the entry of ${peerId} holds the attestation of ${attestation.node}`)
-    } catch (err) {
-      if (!(err instanceof AttestationError)) throw err
-      this.components.metrics?.catalogRejected.inc({ reason: `attestation-${err.check}` })
-      this.log.warn({ code: 'BAD_ATTESTATION', peer: peerId, check: err.check, reason: err.detail }, 'a node\'s attestation does not verify; it cannot host shards')
-      attestation = null
-    }
-    this.attestations.set(text, attestation)
-    return attestation
+  private adopt (lease: VerifiedLease): void {
+    if (this.history.add(lease) !== 'unchanged') this.keeper.superseded(lease)
   }
 
-  /** A node's standing under the federation policy (for the mesh view), or undefined if it has published nothing. */
-  trustOf (peerId: string): { trust: Trust, operator: string | null, codeDigest: string | null } | undefined {
-    return this.trust.get(peerId)
+  /**
+   * Whether the assignment's rules allow `peer` for `shard`: a node with a valid
+   * descriptor in the table that the policy, the layer's capabilities and the
+   * federation policy do not rule out. Deterministic from the table alone.
+   */
+  private eligible (shard: string, peer: string): boolean {
+    const info = this.world.shard(shard)
+    const subject = this.subjects.get(peer)
+    return info != null && subject != null && Policy.refusal(info, this.components.policy.rulesFor(info), subject) == null
   }
 
-  private async leaseRecord (text: string, now: number): Promise<VerifiedLease | null> {
-    if (this.leaseRecords.has(text)) return this.leaseRecords.get(text)!
-    let lease: VerifiedLease | null = null
-    try {
-      lease = await verifyLeaseRecord(unb64(text), now)
-    } catch (err) {
-      if (!(err instanceof LeaseError)) throw err
-      this.components.metrics?.wireRejected.inc({ protocol: 'lease', reason: `RECORD_${err.check.toUpperCase()}` })
-      this.log.warn({ code: 'BAD_LEASE_RECORD', check: err.check, reason: err.detail }, 'ignored an invalid lease record in the table')
-    }
-    this.leaseRecords.set(text, lease)
-    return lease
+  /** Whether this node's assignment names `peer` host or replica of `shard`. */
+  private assigned (shard: string, peer: string): boolean {
+    const a = this.assignment.get(shard)
+    return a != null && (a.host === peer || a.replicas.includes(peer))
   }
 
-  /** Takes a lease from the table as the shard's current one if it is newer; steps down if it supersedes ours. */
-  private adoptLease (lease: VerifiedLease): void {
-    const current = this.leases.get(lease.shard)
-    if (current != null && (current.epoch > lease.epoch || (current.epoch === lease.epoch && current.expiresAt >= lease.expiresAt))) return
-    if (current != null && current.holder !== lease.holder) {
-      const past = this.pastHolders.get(lease.shard) ?? new Set()
-      past.add(current.holder)
-      past.delete(lease.holder)
-      this.pastHolders.set(lease.shard, past)
-    }
-    this.leases.set(lease.shard, lease)
-    const held = this.held.get(lease.shard)
-    if (held != null && (lease.epoch > held.terms.epoch || (lease.epoch === held.terms.epoch && lease.holder !== this.self))) {
-      this.dropHeld(lease.shard, `epoch ${lease.epoch} belongs to ${lease.holder}`)
-    }
+  /** Whether `peer` may host and replicate under the federation policy, as the table shows it (always, in an open mesh). */
+  mayHost (peer: string): boolean {
+    if (peer === this.self || this.components.federation.trustedOperators.size === 0) return true
+    const standing = this.table.trustOf(peer)
+    return standing != null && mayHost(standing.trust)
   }
 
-  private candidate (descriptor: CapabilityDescriptor, attestation: VerifiedAttestation | null, trust: Trust): Candidate | null {
-    const { mesh } = this.components
-    const own = descriptor.peerId === this.self
-    if (!own && (mesh.membership.get(descriptor.peerId)?.state ?? 'dead') === 'dead') return null
-    const report = own ? mesh.telemetry.ownReport() : mesh.telemetry.latest(descriptor.peerId)?.report
+  /** The voter's view of a claim: a shard of the world, claimed by a node the assignment or the current voters allow. */
+  private checkClaim (terms: LeaseTerms): { ok: true } | { ok: false, code: 'NOT_ELIGIBLE' | 'BAD_LEASE', detail: string } {
+    if (this.world.shard(terms.shard) == null) return { ok: false, code: 'BAD_LEASE', detail: `${terms.shard} is not a shard of this node's world` }
+    if (!this.mayHost(terms.holder)) return { ok: false, code: 'NOT_ELIGIBLE', detail: `${terms.holder} may not host under the federation policy` }
+    const current = this.history.current(terms.shard)
+    if (this.eligible(terms.shard, terms.holder) || current?.voters.includes(terms.holder) === true) return { ok: true }
+    return { ok: false, code: 'NOT_ELIGIBLE', detail: `${terms.holder} may not host ${terms.shard} under the assignment's rules, nor is it one of its voters` }
+  }
+
+  private subject (node: TableNode): PolicySubject {
+    const { descriptor, attestation, trust } = node
     return {
       peerId: descriptor.peerId,
       region: descriptor.region,
       // The operator a certificate proves, not the one the descriptor declares.
       operator: attestation?.operator ?? null,
       tags: new Set(tagsOf(descriptor)),
-      trusted: mayHost(trust),
+      trusted: mayHost(trust)
+    }
+  }
+
+  private candidate (node: TableNode): Candidate | null {
+    const { mesh } = this.components
+    const { descriptor } = node
+    const own = descriptor.peerId === this.self
+    if (!own && (mesh.membership.get(descriptor.peerId)?.state ?? 'dead') === 'dead') return null
+    const report = own ? mesh.telemetry.ownReport() : mesh.telemetry.latest(descriptor.peerId)?.report
+    return {
+      ...this.subject(node),
       cost: descriptor.cost.perCoreHour,
       reliability: descriptor.reliability.uptime,
       headroom: report == null ? 0.5 : 1 - report.cpu,
       coordinate: own ? mesh.vivaldi.current : report?.coordinate ?? null
     }
+  }
+
+  /** A node's standing under the federation policy (for the mesh view), or undefined if it has published nothing. */
+  trustOf (peerId: string): ReturnType<PlacementTable['trustOf']> {
+    return this.table.trustOf(peerId)
   }
 
   /**
@@ -416,7 +406,7 @@ export class Placement {
 
   /** Is moving `shard` from us to `target` worth it? See hysteresis.ts. */
   private moveWorthIt (shard: ShardInfo, terms: LeaseTerms, target: string, now: number): boolean {
-    if (this.handingOff.has(shard.id) || !this.candidates.some((c) => c.peerId === target)) return false
+    if (!this.keeper.mayHandOff(shard.id, now) || !this.candidates.some((c) => c.peerId === target)) return false
     if (now - terms.startedAt < this.options.minHoldMs) return false
     const rows = explain(shard, this.candidates, this.components.policy, this.options.params)
     const cap = Math.ceil((1 + this.options.params.epsilon) * this.world.all().length / Math.max(1, this.candidates.length))
@@ -444,171 +434,26 @@ export class Placement {
     return terms.voters.length < wanted.size || now - terms.startedAt >= this.options.minHoldMs
   }
 
-  /** Runs a vote round on a signed lease; resolves to the record when a majority of voters and previous voters granted it. */
-  private async collect (terms: LeaseTerms, release?: Uint8Array): Promise<{ record?: Uint8Array, refusals: Vote[] }> {
-    const { libp2p, privateKey } = this.components
-    const lease = await signLease(privateKey, terms, Date.now())
-    const electorate = [...new Set([...terms.voters, ...terms.prev])]
-    const votes = await Promise.all(electorate.map(async (peer): Promise<[string, Vote | null]> => {
-      if (peer === this.self) return [peer, await this.voter.vote(lease, release)]
-      try {
-        return [peer, await requestVote(libp2p, peerIdFromString(peer), lease, release, VOTE_TIMEOUT_MS)]
-      } catch {
-        return [peer, null]
-      }
-    }))
-    const granted = new Set<string>()
-    const grants: Uint8Array[] = []
-    const refusals: Vote[] = []
-    for (const [peer, vote] of votes) {
-      if (vote?.ok === true) {
-        granted.add(peer)
-        grants.push(vote.grant)
-      } else if (vote != null) {
-        refusals.push(vote)
-      }
+  /** The provenance ledger's registrar, as this node's accepted leases of `sys.ledger` say (see p2p/provenance.ts). */
+  registrar (): Registrar {
+    return {
+      current: () => {
+        const lease = this.history.current(LEDGER_SHARD)
+        return lease != null && Date.now() < lease.expiresAt ? { peer: lease.holder, epoch: lease.epoch } : null
+      },
+      heldEpoch: () => this.keeper.holding(LEDGER_SHARD)?.epoch,
+      witnessed: (receipt) => {
+        const lease = this.history.at(LEDGER_SHARD, receipt.epoch)
+        const next = this.history.after(LEDGER_SHARD, receipt.epoch)
+        return lease?.holder === receipt.witness && (next == null || receipt.issuedAt <= next.startedAt + this.options.marginMs)
+      },
+      leaseRecord: (epoch) => this.history.at(LEDGER_SHARD, epoch)?.record
     }
-    if (!hasQuorum(terms, granted)) return { refusals }
-    return { record: encodeLeaseRecord(lease, grants), refusals }
-  }
-
-  private async claim (shard: ShardInfo, known: VerifiedLease | undefined, release?: Uint8Array): Promise<boolean> {
-    const desired = this.assignment.get(shard.id)
-    const voters = [this.self, ...(desired?.replicas ?? []).filter((p) => p !== this.self)].slice(0, 16)
-    // Previous voters our membership view holds dead are left out: a voter set whose majority died
-    // could otherwise never be replaced (availability over the last bit of safety; see the README).
-    const prev = (known?.voters ?? []).filter((p) => p === this.self || this.components.mesh.membership.get(p)?.state !== 'dead')
-    // A voter may have promised a higher epoch than the table shows (a claim that failed half-way): start above it.
-    const epoch = Math.max(known?.epoch ?? 0, this.epochFloor.get(shard.id) ?? 0) + 1
-    // Take the state before taking the shard: pull from the previous voters that answer.
-    if (known != null && known.holder !== this.self) await this.pullState(shard.id, [...new Set([...(release != null ? [known.holder] : []), ...prev])].filter((p) => p !== this.self))
-    const now = Date.now()
-    const terms: LeaseTerms = { shard: shard.id, epoch, holder: this.self, voters, prev, expiresAt: now + this.options.leaseMs, startedAt: now }
-    const { record, refusals } = await this.collect(terms, release)
-    const metrics = this.components.metrics
-    this.learnEpochs(shard.id, refusals)
-    if (record == null) {
-      metrics?.placementClaims.inc({ kind: 'claim', result: refusals[0]?.ok === false ? refusals[0].code.toLowerCase() : 'no_quorum' })
-      this.log.debug({ shard: shard.id, epoch, refusals: refusals.map((r) => (r.ok ? 'ok' : r.code)) }, 'lease claim failed')
-      return false
-    }
-    await this.store(terms, record)
-    metrics?.placementClaims.inc({ kind: 'claim', result: 'ok' })
-    if (known != null && known.holder !== this.self) metrics?.placementMoves.inc({ reason: release != null ? 'handoff' : 'failover' })
-    this.log.info({ code: 'LEASE_CLAIMED', shard: shard.id, epoch, previous: known?.holder ?? null, reason: known == null ? 'genesis' : release != null ? 'handoff' : known.holder === this.self ? 'reconfigure' : 'failover' }, 'now hosting shard')
-    return true
-  }
-
-  private async renew (shard: string): Promise<void> {
-    const held = this.held.get(shard)
-    if (held == null) return
-    const terms: LeaseTerms = { ...held.terms, expiresAt: Date.now() + this.options.leaseMs }
-    const { record, refusals } = await this.collect(terms)
-    this.learnEpochs(shard, refusals)
-    if (record == null) {
-      this.components.metrics?.placementClaims.inc({ kind: 'renew', result: 'no_quorum' })
-      // A newer epoch of our own (a reconfiguration that did not finish) is no reason to stop; another holder's is.
-      const newer = refusals.find((r) => !r.ok && (r.code === 'STALE_EPOCH' || r.code === 'EPOCH_TAKEN') && r.holder !== this.self)
-      if (newer != null && !newer.ok) this.dropHeld(shard, `a voter knows epoch ${newer.epoch} of ${newer.holder ?? 'another node'}`)
-      return
-    }
-    if (this.held.get(shard)?.terms.epoch !== terms.epoch) return
-    await this.store(terms, record)
-    this.components.metrics?.placementClaims.inc({ kind: 'renew', result: 'ok' })
-  }
-
-  private learnEpochs (shard: string, refusals: Vote[]): void {
-    for (const vote of refusals) {
-      if (!vote.ok && vote.epoch > (this.epochFloor.get(shard) ?? 0)) this.epochFloor.set(shard, vote.epoch)
-    }
-  }
-
-  /** Records a granted lease in the table (dropping older epochs' components) and starts serving under it. */
-  private async store (terms: LeaseTerms, record: Uint8Array): Promise<void> {
-    this.held.set(terms.shard, { terms, record })
-    const store = this.table()
-    const entity = `lease.${terms.shard}`
-    for (const component of Object.keys(store.doc.entity(entity)?.components ?? {})) {
-      if (component.startsWith('e') && Number(component.slice(1)) < terms.epoch) store.doc.deleteComponent(entity, component)
-    }
-    store.doc.setComponent(entity, `e${terms.epoch}`, b64(record))
-    await store.commit()
-    const verified = await verifyLeaseRecord(record, Date.now())
-    this.leaseRecords.set(b64(record), verified)
-    this.adoptLease(verified)
-  }
-
-  private dropHeld (shard: string, reason: string): void {
-    if (!this.held.delete(shard)) return
-    this.handingOff.delete(shard)
-    this.log.info({ code: 'LEASE_LOST', shard, reason }, 'stopped hosting shard')
-  }
-
-  private async pullState (shard: string, peers: string[]): Promise<void> {
-    const replication = this.components.replication
-    await replication.ensure(shard)
-    const deadline = AbortSignal.timeout(SYNC_BEFORE_SERVE_MS)
-    for (const peer of peers) {
-      if (deadline.aborted) return
-      if (this.components.mesh.membership.get(peer)?.state === 'dead') continue
-      if (await Promise.race([replication.sync(shard, peerIdFromString(peer)), new Promise<null>((resolve) => setTimeout(() => resolve(null), SYNC_BEFORE_SERVE_MS))]) != null) return
-    }
-  }
-
-  /** A planned move: stop taking writes, sign a release, let the new host pull the state and claim the next epoch. */
-  private async handOff (shard: ShardInfo, terms: LeaseTerms, target: string): Promise<void> {
-    this.handingOff.add(shard.id)
-    this.log.info({ code: 'HANDOFF_START', shard: shard.id, epoch: terms.epoch, to: target }, 'handing shard off to a better host')
-    const store = await this.components.replication.ensure(shard.id)
-    await store.commit()
-    const release = await signRelease(this.components.privateKey, { shard: shard.id, epoch: terms.epoch, to: target }, Date.now())
-    let answer: HandoffAnswer
-    try {
-      answer = await requestHandoff(this.components.libp2p, peerIdFromString(target), shard.id, release, VOTE_TIMEOUT_MS + SYNC_BEFORE_SERVE_MS + 2_000)
-    } catch (err) {
-      answer = { ok: false, code: 'UNREACHABLE', detail: (err as Error).message }
-    }
-    if (answer.ok) {
-      this.dropHeld(shard.id, `handed off to ${target}`)
-    } else {
-      // Keep serving under our lease; a voter that granted the target refuses our renewal, and we step down then.
-      this.handingOff.delete(shard.id)
-      this.log.warn({ code: 'HANDOFF_FAILED', shard: shard.id, to: target, reason: answer.code ?? 'unknown' }, 'handoff failed; keeping the shard')
-    }
-  }
-
-  /** The other side of a handoff: the release must come from the holder of the lease we know. */
-  private async acceptHandoff (shard: string, release: Uint8Array, from: PeerId): Promise<HandoffAnswer> {
-    let r
-    try {
-      r = await openRelease(release, Date.now())
-    } catch (err) {
-      return { ok: false, code: 'BAD_RELEASE', detail: (err as Error).message }
-    }
-    const info = this.world.shard(shard)
-    const known = this.leases.get(shard)
-    if (info == null || r.shard !== shard || r.to !== this.self || r.signer !== from.toString()) return { ok: false, code: 'BAD_RELEASE', detail: 'release is not for this shard, this node, or from the sender' }
-    if (known == null || known.holder !== r.signer || known.epoch !== r.epoch) return { ok: false, code: 'UNKNOWN_LEASE', detail: 'this node does not know the lease being released yet' }
-    if (this.busy.has(shard)) return { ok: false, code: 'BUSY', detail: 'a lease round for this shard is running' }
-    this.busy.add(shard)
-    try {
-      return (await this.claim(info, known, release)) ? { ok: true } : { ok: false, code: 'NO_QUORUM', detail: 'voters did not grant the next epoch' }
-    } finally {
-      this.busy.delete(shard)
-    }
-  }
-
-  /** Whose gossiped deltas a host-authoritative shard takes: its holder's. */
-  private fence (shard: string, origin: string): 'ok' | 'stale' | 'unknown' {
-    const info = this.world.shard(shard)
-    if (info == null || info.layer.consistency !== 'host') return 'ok'
-    if (this.leases.get(shard)?.holder === origin) return 'ok'
-    return this.pastHolders.get(shard)?.has(origin) === true ? 'stale' : 'unknown'
   }
 
   /** The node that takes writes for a shard now: the holder of its valid lease. */
   hostOf (shard: string): string | null {
-    const lease = this.leases.get(shard)
+    const lease = this.history.current(shard)
     return lease != null && Date.now() < lease.expiresAt ? lease.holder : null
   }
 
@@ -626,7 +471,7 @@ export class Placement {
 
   /** Shards whose lease this node holds now. */
   heldShards (): string[] {
-    return [...this.held.keys()].filter((shard) => this.holding(shard) != null)
+    return this.keeper.heldShards()
   }
 
   /** Work to run after each round, one at a time (entity transfers to settle). */
@@ -636,35 +481,41 @@ export class Placement {
 
   /** The lease this node holds for a shard and may serve under now. */
   holding (shard: string): LeaseTerms | undefined {
-    const held = this.held.get(shard)
-    return held != null && Date.now() < held.terms.expiresAt - this.options.marginMs ? held.terms : undefined
+    return this.keeper.holding(shard)
   }
 
   /**
    * Throws NotHostError when this node may not take a write to `shard`:
    * host-authoritative shards take writes from their lease holder only, under
-   * the epoch the client names (if it names one). Other shards: no rule.
+   * the epoch the client names (if it names one); crdt shards on their
+   * replicas only (where the write will replicate). Other shards: no rule.
    */
   guardWrite (shard: string, epoch: number | undefined): void {
     const info = this.world.shard(shard)
-    if (info == null || info.layer.consistency !== 'host') return
-    const lease = this.leases.get(shard)
+    if (info == null) return
+    const lease = this.history.current(shard)
     const host = lease != null ? this.address(lease.holder) : null
-    if (this.handingOff.has(shard)) throw new NotHostError('HANDOFF_IN_PROGRESS', `shard ${shard} is moving to another host; retry shortly`, host, lease?.epoch ?? null)
+    if (info.layer.consistency === 'crdt') {
+      if (lease == null || Date.now() >= lease.expiresAt || !lease.voters.includes(this.self)) {
+        throw new NotHostError('NOT_REPLICA', `this node is not a replica of ${shard} under a valid lease`, host, lease?.epoch ?? null)
+      }
+      return
+    }
+    if (this.keeper.handingOffNow(shard)) throw new NotHostError('HANDOFF_IN_PROGRESS', `shard ${shard} is moving to another host; retry shortly`, host, lease?.epoch ?? null)
     const held = this.holding(shard)
     if (held == null) throw new NotHostError('NOT_HOST', `this node does not hold the lease of ${shard}`, host, lease?.epoch ?? null)
     if (epoch != null && epoch !== held.epoch) throw new NotHostError('STALE_EPOCH', `write names epoch ${epoch}; the current epoch is ${held.epoch}`, this.address(this.self), held.epoch)
   }
 
   private address (peerId: string): PeerAddress {
-    return { peerId, addrs: this.addrs.get(peerId) ?? [] }
+    return { peerId, addrs: this.table.addressesOf(peerId) }
   }
 
   /** Where a client goes for a position: the shard, its lease holder (or desired host) and replicas, and the epoch. */
   locate (x: number, y: number, layer: string): { shard: string, consistency: string, host: PeerAddress | null, replicas: PeerAddress[], epoch: number | null } | undefined {
     const info = this.world.locate(x, y, layer)
     if (info == null) return undefined
-    const lease = this.leases.get(info.id)
+    const lease = this.history.current(info.id)
     const valid = lease != null && Date.now() < lease.expiresAt
     const desired = this.assignment.get(info.id)
     const host = valid ? lease.holder : desired?.host ?? null
@@ -685,7 +536,7 @@ export class Placement {
   }
 
   private leaseView (shard: string, now: number): LeaseView | null {
-    const lease = this.leases.get(shard)
+    const lease = this.history.current(shard)
     return lease == null ? null : { holder: lease.holder, epoch: lease.epoch, expiresAt: lease.expiresAt, startedAt: lease.startedAt, voters: lease.voters, valid: now < lease.expiresAt }
   }
 
@@ -708,17 +559,11 @@ export class Placement {
     const metrics = this.components.metrics
     if (metrics == null) return
     let max = 0
-    let held = 0
-    for (const [shard] of this.held) {
-      const terms = this.holding(shard)
-      if (terms == null) continue
-      held++
-      max = Math.max(max, terms.epoch)
-    }
-    metrics.placementLeasesHeld.set(held)
+    const held = this.keeper.heldShards()
+    for (const shard of held) max = Math.max(max, this.keeper.holding(shard)?.epoch ?? 0)
+    metrics.placementLeasesHeld.set(held.length)
     metrics.placementEpochMax.set(max)
     metrics.placementOverflow.set([...this.assignment.values()].filter((a) => a.overflow).length)
-    const all = this.world.all()
-    metrics.placementUnheld.set(all.filter((s) => this.hostOf(s.id) == null).length)
+    metrics.placementUnheld.set(this.world.all().filter((s) => this.hostOf(s.id) == null).length)
   }
 }

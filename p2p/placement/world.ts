@@ -49,6 +49,7 @@ export const worldSchema = z.strictObject({
 }).refine((w) => w.maxX > w.minX && w.maxY > w.minY, { error: 'world bounds are empty (max must exceed min)' })
   .refine((w) => Math.ceil((w.maxX - w.minX) / w.cellSize) * Math.ceil((w.maxY - w.minY) / w.cellSize) * w.layers.length <= 100_000, { error: 'world has more than 100000 shards; raise cellSize' })
   .refine((w) => new Set(w.layers.map((l) => l.name)).size === w.layers.length, { error: 'layer names must be unique' })
+  .refine((w) => !w.layers.some((l) => l.name === 'sys'), { error: 'layer name sys is reserved for system shards' })
 
 export type WorldConfig = z.infer<typeof worldSchema>
 export type Layer = z.infer<typeof layerSchema>
@@ -62,6 +63,13 @@ export interface ShardInfo {
   homeRegion: string | null
 }
 
+/**
+ * The layer of system shards placement elects a host for like any world
+ * shard, though they hold no part of the world (the provenance ledger's
+ * registrar). Host-authoritative: one writer, fenced by epoch.
+ */
+export const SYSTEM_LAYER: Layer = { name: 'sys', consistency: 'host', require: [], decorative: false }
+
 export class World {
   readonly config: WorldConfig
   readonly columns: number
@@ -69,7 +77,8 @@ export class World {
   private readonly layers: Map<string, Layer>
   private readonly shards = new Map<string, ShardInfo>()
 
-  constructor (config: WorldConfig) {
+  /** `systemShards` are placed (host, replicas, leases) beside the world's own shards, on SYSTEM_LAYER. */
+  constructor (config: WorldConfig, systemShards: readonly string[] = []) {
     this.config = config
     this.columns = Math.ceil((config.maxX - config.minX) / config.cellSize)
     this.rows = Math.ceil((config.maxY - config.minY) / config.cellSize)
@@ -82,6 +91,7 @@ export class World {
         }
       }
     }
+    for (const id of systemShards) this.shards.set(id, { id, layer: SYSTEM_LAYER, cx: -1, cy: -1, homeRegion: null })
   }
 
   layer (name: string): Layer | undefined {

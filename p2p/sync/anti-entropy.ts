@@ -262,6 +262,7 @@ export function readHello (frame: Uint8Array): { shard: string, flags: number, c
     const d = new Decoder(frame)
     if (d.readByte() !== FRAME_HELLO) throw new SyncProtocolError('UNEXPECTED_FRAME', 'expected HELLO')
     const shard = d.readString()
+    if (shard.length === 0 || shard.length > 64) throw new SyncProtocolError('MALFORMED', 'a shard id is 1 to 64 characters')
     const flags = d.readByte()
     if (flags > WANT_SNAPSHOT) throw new SyncProtocolError('MALFORMED', `unknown HELLO flags ${flags}`)
     return { shard, flags, context: decodeContext(d.readRest()) }

@@ -35,6 +35,13 @@ const MAX_BAD_PEERS = 1024
 const MAX_WANTED = 4096
 /** Shards marked to ask for a snapshot next time. */
 const MAX_SNAPSHOT_WANTED = 4096
+/**
+ * Sessions a peer may have answered, per second on average, in bursts of
+ * SESSION_BURST: answering one costs a pass over the shard's state, so a peer
+ * asking again and again is refused (`RATE_LIMITED`) rather than served.
+ */
+const SESSIONS_PER_S = 10
+const SESSION_BURST = 40
 
 export interface SyncSessionsComponents {
   libp2p: MetagridLibp2p
@@ -59,6 +66,8 @@ export class SyncSessions {
   private readonly badPeers = new Map<string, number>()
   private readonly wanted = new Map<string, NodeJS.Timeout>()
   private readonly snapshotWanted = new Set<string>()
+  /** Per peer: session tokens left and when they were counted (bounded like badPeers). */
+  private readonly allowance = new Map<string, { tokens: number, at: number }>()
   private readonly sessions = new Set<Promise<unknown>>()
   private timer: NodeJS.Timeout | undefined
   private running = false
@@ -162,6 +171,12 @@ export class SyncSessions {
       stream.abort(new SyncProtocolError('BACKOFF', 'peer is backing off after sending garbage'))
       return
     }
+    if (!this.allow(peer.toString())) {
+      metrics?.crdtSyncSessions.inc({ role: 'answerer', result: 'rate_limited' })
+      metrics?.wireRejected.inc({ protocol: 'sync', reason: 'RATE_LIMITED' })
+      stream.abort(new SyncProtocolError('RATE_LIMITED', 'too many sessions from this peer'))
+      return
+    }
     const signal = AbortSignal.timeout(this.limits.timeoutMs)
     const stats = emptyStats()
     try {
@@ -248,6 +263,22 @@ export class SyncSessions {
     if (code === 'OVERSIZED') metrics?.wireRejected.inc({ protocol: 'sync', reason: code })
     metrics?.crdtSyncSessions.inc({ role, result: code.toLowerCase() })
     this.log.debug({ code, peer: peer.toString(), err }, 'sync session failed')
+  }
+
+  /** A token bucket per peer: SESSIONS_PER_S refilled each second, SESSION_BURST at most. */
+  private allow (peer: string): boolean {
+    const now = Date.now()
+    let bucket = this.allowance.get(peer)
+    if (bucket == null) {
+      if (this.allowance.size >= MAX_BAD_PEERS) this.allowance.delete(this.allowance.keys().next().value!)
+      bucket = { tokens: SESSION_BURST, at: now }
+      this.allowance.set(peer, bucket)
+    }
+    bucket.tokens = Math.min(SESSION_BURST, bucket.tokens + (now - bucket.at) * SESSIONS_PER_S / 1000)
+    bucket.at = now
+    if (bucket.tokens < 1) return false
+    bucket.tokens--
+    return true
   }
 
   private backOff (peer: string): void {

@@ -10,7 +10,7 @@ import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import { z } from 'zod'
 import { signStatement, verifyStatement } from '../../attest/statement.ts'
 import { issueToken, verifyToken } from '../../attest/token.ts'
-import { assetCid, encodeBundle, signProvenance, verifyBundle, verifyRecord, type ProvenanceRecord } from '../../attest/provenance.ts'
+import { assetCid, encodeBundle, signProvenance, signReceipt, verifyBundle, verifyReceipt, verifyRecord, type ProvenanceRecord } from '../../attest/provenance.ts'
 
 const N = Number(process.env.BENCH_ATTEST_N ?? 2000)
 
@@ -53,7 +53,8 @@ export async function run (): Promise<Record<string, unknown>> {
   for (let i = 1; i < 10; i++) {
     records.push(await verifyRecord(await signProvenance(keys[(i - 1) % 5]!, asset, { kind: 'transferred', prev: records.at(-1)!.cid, to: peerIdFromPrivateKey(keys[i % 5]!).toString() })))
   }
-  const bundle = encodeBundle(asset, records)
+  const receipt = await signReceipt(keys[4]!, asset, { record: records[0]!.cid, epoch: 1, seq: 0 })
+  const bundle = encodeBundle(asset, records, [await verifyReceipt(receipt)], [])
   const bundleStart = performance.now()
   for (let i = 0; i < chainN; i++) await verifyBundle(bundle, now)
   const bundleMs = (performance.now() - bundleStart) / chainN

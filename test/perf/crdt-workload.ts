@@ -15,6 +15,10 @@ import * as Automerge from '@automerge/automerge'
 import { ShardDoc } from '../../storage/crdt/shard-doc.ts'
 import { HybridClock } from '../../storage/crdt/hlc.ts'
 import { decodePatch, encodePatch } from '../../storage/crdt/patch-codec.ts'
+import { decodeSignedBatch, encodeSignedBatch, patchDigest } from '../../storage/crdt/batch.ts'
+import { batchSigner, verifyBatchHeader } from '../../attest/batch-signature.ts'
+import { generateKeyPair } from '@libp2p/crypto/keys'
+import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 
 const ROUNDS = 50
 const BATCH = 1000
@@ -70,6 +74,36 @@ function metagrid (): Implementation {
   }
 }
 
+/**
+ * metagrid as it runs in the daemon: each batch sealed as an origin-signed
+ * batch (one Ed25519 signature and a sha-256 per batch), and each received
+ * one checked (digest, signature) before it is joined.
+ */
+async function metagridSigned (): Promise<Implementation> {
+  const key = await generateKeyPair('Ed25519')
+  const origin = peerIdFromPrivateKey(key).toString()
+  const signer = batchSigner(key)
+  const a = new ShardDoc(origin, new HybridClock(60_000))
+  const b = new ShardDoc('replica-b', new HybridClock(60_000))
+  return {
+    local: (batch) => {
+      for (const u of batch) a.setComponent(u.entity, u.component, u.value)
+      const delta = a.takeDelta()!
+      const patchBytes = encodePatch(delta)
+      return encodeSignedBatch(signer.seal({ shard: 'bench', epoch: 1, origin, from: delta.from!, to: delta.to!, digest: patchDigest(patchBytes) }), patchBytes)
+    },
+    apply: (encoded) => {
+      for (const bytes of encoded) {
+        const batch = decodeSignedBatch(bytes)
+        if (!verifyBatchHeader(batch.header)) throw new Error('a batch does not verify')
+        b.apply(batch.patch)
+      }
+    },
+    snapshot: () => encodePatch(a.snapshot()),
+    check: () => JSON.stringify(a.entity('e7')) === JSON.stringify(b.entity('e7')) && a.entityIds().length === b.entityIds().length
+  }
+}
+
 function yjs (): Implementation {
   const a = new Y.Doc()
   const b = new Y.Doc()
@@ -107,7 +141,7 @@ function automerge (): Implementation {
 
 const name = process.argv[2] ?? 'metagrid'
 const entities = Number(process.argv[3] ?? 10_000)
-const implementation = ({ metagrid, yjs, automerge } as Record<string, () => Implementation>)[name]
+const implementation = ({ metagrid, 'metagrid-signed': metagridSigned, yjs, automerge } as Record<string, () => Implementation | Promise<Implementation>>)[name]
 if (implementation == null) {
   process.stderr.write(`unknown implementation ${name}\n`)
   process.exit(2)
@@ -117,7 +151,7 @@ const work = batches(entities)
 const totalUpdates = work.reduce((sum, batch) => sum + batch.length, 0)
 gc?.()
 const heapBefore = process.memoryUsage().heapUsed
-const impl = implementation()
+const impl = await implementation()
 
 const localStart = performance.now()
 const encoded: Uint8Array[] = []

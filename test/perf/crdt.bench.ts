@@ -149,6 +149,8 @@ export async function run (): Promise<Record<string, unknown>> {
   const sideBySide = {
     workload: '10,000 entities x 2 components (pos {x,y}, hp), each overwritten 50 times = 1,000,000 updates, batches of 1,000',
     metagrid: await workload('metagrid', ENTITIES),
+    // As the daemon runs it: every batch signed by its origin and checked by the receiver.
+    metagridSigned: await workload('metagrid-signed', ENTITIES),
     yjs: await workload('yjs', ENTITIES),
     // Automerge needs minutes for the full workload; a tenth of it shows its rate (it only gets slower as the document grows).
     automergeTenth: await workload('automerge', ENTITIES / 10),

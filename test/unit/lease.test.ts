@@ -2,7 +2,7 @@ import * as dagCbor from '@ipld/dag-cbor'
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import { afterEach, describe, expect, it } from 'vitest'
-import { encodeLeaseRecord, LeaseError, LeaseVoter, signLease, signRelease, verifyLeaseRecord, type LeaseTerms, type Vote } from '../../p2p/placement/lease.ts'
+import { encodeLeaseRecord, LeaseError, LeaseVoter, signLease, signRelease, verifyLeaseRecord, type ClaimCheck, type LeaseTerms, type Vote } from '../../p2p/placement/lease.ts'
 import { Database } from '../../storage/database.ts'
 import { makeTempDir } from '../helpers/daemons.ts'
 import type { PrivateKey } from '@libp2p/interface'
@@ -19,8 +19,8 @@ async function node (dir?: string): Promise<{ key: PrivateKey, id: string, dir: 
   return { key, id: peerIdFromPrivateKey(key).toString(), dir: where, db }
 }
 
-function voterOf (n: { key: PrivateKey, db: Database }, now: () => number): LeaseVoter {
-  return new LeaseVoter(n.db.sublevel('placement'), n.key, { maxLeaseMs: LEASE_MS, marginMs: 500 }, now)
+function voterOf (n: { key: PrivateKey, db: Database }, now: () => number, check: ClaimCheck = () => ({ ok: true })): LeaseVoter {
+  return new LeaseVoter(n.db.sublevel('placement'), n.key, { maxLeaseMs: LEASE_MS, marginMs: 500 }, check, now)
 }
 
 const grants = (votes: Vote[]): Uint8Array[] => votes.flatMap((v) => (v.ok ? [v.grant] : []))
@@ -30,7 +30,7 @@ describe('leases', () => {
     let now = 1_000_000
     const [a, b, v] = [await node(), await node(), await node()]
     const voter = voterOf(v, () => now)
-    const terms = (holder: string, epoch: number, extra: Partial<LeaseTerms> = {}): LeaseTerms => ({ shard: 'physics.0.0', epoch, holder, voters: [holder], prev: [], expiresAt: now + LEASE_MS, startedAt: now, ...extra })
+    const terms = (holder: string, epoch: number, extra: Partial<LeaseTerms> = {}): LeaseTerms => ({ shard: 'physics.0.0', epoch, holder, voters: [holder, v.id], prev: [], prevHolder: null, expiresAt: now + LEASE_MS, startedAt: now, ...extra })
     expect((await voter.vote(await signLease(a.key, terms(a.id, 1), now))).ok).toBe(true)
     const taken = await voter.vote(await signLease(b.key, terms(b.id, 1), now))
     expect(taken).toMatchObject({ ok: false, code: 'EPOCH_TAKEN', epoch: 1, holder: a.id })
@@ -53,7 +53,7 @@ describe('leases', () => {
     const now = 5_000_000
     const [a, b] = [await node(), await node()]
     const v = await node()
-    const t = (holder: string): LeaseTerms => ({ shard: 's', epoch: 1, holder, voters: [holder], prev: [], expiresAt: now + LEASE_MS, startedAt: now })
+    const t = (holder: string): LeaseTerms => ({ shard: 's', epoch: 1, holder, voters: [holder, v.id], prev: [], prevHolder: null, expiresAt: now + LEASE_MS, startedAt: now })
     expect((await voterOf(v, () => now).vote(await signLease(a.key, t(a.id), now))).ok).toBe(true)
     await v.db.close()
     opened.splice(opened.indexOf(v.db), 1)
@@ -67,7 +67,7 @@ describe('leases', () => {
     const nodes = await Promise.all([0, 1, 2, 3, 4].map(async () => node()))
     const [h, x, y, p1, p2] = nodes
     const voters = [h!.id, x!.id, y!.id]
-    const terms: LeaseTerms = { shard: 'w.1.1', epoch: 2, holder: h!.id, voters, prev: [p1!.id, p2!.id, x!.id], expiresAt: now + LEASE_MS, startedAt: now }
+    const terms: LeaseTerms = { shard: 'w.1.1', epoch: 2, holder: h!.id, voters, prev: [p1!.id, p2!.id, x!.id], prevHolder: p1!.id, expiresAt: now + LEASE_MS, startedAt: now }
     const lease = await signLease(h!.key, terms, now)
     const votes = await Promise.all(nodes.map(async (n) => voterOf(n, () => now).vote(lease)))
     const all = grants(votes)
@@ -77,7 +77,7 @@ describe('leases', () => {
     expect(await check(encodeLeaseRecord(lease, [all[0]!, all[1]!]))).toBe('quorum')
     expect(await check(encodeLeaseRecord(lease, [all[0]!, all[3]!, all[4]!]))).toBe('quorum')
     // Every field of the lease tampered: the signature check fails.
-    for (const field of ['shard', 'epoch', 'holder', 'voters', 'prev', 'expiresAt', 'startedAt'] as const) {
+    for (const field of ['shard', 'epoch', 'holder', 'voters', 'prev', 'prevHolder', 'expiresAt', 'startedAt'] as const) {
       const envelope = dagCbor.decode(lease) as Record<string, Uint8Array>
       const payload = dagCbor.decode(envelope.p!) as { p: Record<string, unknown> }
       const value = payload.p[field]
@@ -86,13 +86,29 @@ describe('leases', () => {
       expect(await check(encodeLeaseRecord(tampered, all)), field).toBe('lease')
     }
     // A grant for another lease, or by a non-voter, is refused by name.
-    const other = await signLease(h!.key, { ...terms, epoch: 3 }, now)
-    const strayGrant = grants([await voterOf(await node(), () => now).vote(other)])
+    const stray = await node()
+    const other = await signLease(h!.key, { ...terms, epoch: 3, voters: [...voters, stray.id] }, now)
+    const strayGrant = grants([await voterOf(stray, () => now).vote(other)])
     expect(await check(encodeLeaseRecord(lease, [...all, ...strayGrant]))).toBe('grant')
+    // An outsider's grant for the same shard, epoch, holder and expiry (of a lease that listed it): still not a voter of this one.
     const outsider = await node()
-    expect(await check(encodeLeaseRecord(lease, [...all, ...grants([await voterOf(outsider, () => now).vote(lease)])]))).toBe('grant')
+    const listingIt = await signLease(h!.key, { ...terms, voters: [...voters, outsider.id] }, now)
+    expect(await check(encodeLeaseRecord(lease, [...all, ...grants([await voterOf(outsider, () => now).vote(listingIt)])]))).toBe('grant')
     expect(await check(new Uint8Array([1, 2, 3]))).toBe('encoding')
     // A lease signed by someone other than the holder it names.
     expect(await check(encodeLeaseRecord(await signLease(x!.key, terms, now), all))).toBe('holder')
+  })
+
+  it('a voter promises nothing for a lease it is not a voter of, or that its own view finds ineligible', async () => {
+    const now = 7_000_000
+    const [a, v] = [await node(), await node()]
+    const refuseB: ClaimCheck = (terms) => terms.holder === a.id ? { ok: true } : { ok: false, code: 'NOT_ELIGIBLE', detail: 'not assigned' }
+    const voter = voterOf(v, () => now, refuseB)
+    const lease = (holder: PrivateKey, id: string, voters: string[]): Promise<Uint8Array> => signLease(holder, { shard: 'physics.0.0', epoch: 1, holder: id, voters, prev: [], prevHolder: null, expiresAt: now + LEASE_MS, startedAt: now }, now)
+    expect(await voter.vote(await lease(a.key, a.id, [a.id]))).toMatchObject({ ok: false, code: 'NOT_A_VOTER' })
+    const b = await node()
+    expect(await voter.vote(await lease(b.key, b.id, [b.id, v.id]))).toMatchObject({ ok: false, code: 'NOT_ELIGIBLE' })
+    // Neither refusal left a promise behind: the eligible claimant still gets epoch 1.
+    expect((await voter.vote(await lease(a.key, a.id, [a.id, v.id]))).ok).toBe(true)
   })
 })

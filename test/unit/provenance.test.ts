@@ -2,13 +2,19 @@ import * as dagCbor from '@ipld/dag-cbor'
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import { describe, expect, it } from 'vitest'
-import { assetCid, encodeBundle, ProvenanceError, resolveChain, signProvenance, verifyBundle, verifyRecord, type ProvenanceRecord } from '../../attest/provenance.ts'
+import { assetCid, encodeBundle, ProvenanceError, resolveChain, signProvenance, signReceipt, verifyBundle, verifyReceipt, verifyRecord, type ProvenanceRecord, type Receipt } from '../../attest/provenance.ts'
 import type { PrivateKey } from '@libp2p/interface'
 
-const [alice, bob, carol, mallory] = await Promise.all([0, 1, 2, 3].map(async () => generateKeyPair('Ed25519')))
+const [alice, bob, carol, mallory, registrar] = await Promise.all([0, 1, 2, 3, 4].map(async () => generateKeyPair('Ed25519')))
 const id = (key: PrivateKey): string => peerIdFromPrivateKey(key).toString()
 const asset = await assetCid(new TextEncoder().encode('a castle, 3 MB of glTF'))
 const parent = await assetCid(new TextEncoder().encode('a tower'))
+
+/** The registrar's receipt for a genesis record, at (epoch, seq). */
+async function registered (record: ProvenanceRecord, epoch = 1, seq = 0, by = registrar!): Promise<Receipt> {
+  return verifyReceipt(await signReceipt(by, record.asset, { record: record.cid, epoch, seq }))
+}
+const byRegistrar = (receipt: Receipt): boolean => receipt.witness === id(registrar!)
 
 async function chainOf (length: number): Promise<ProvenanceRecord[]> {
   const records = [await verifyRecord(await signProvenance(alice!, asset, { kind: 'derived', prev: null, parents: [parent] }))]
@@ -25,7 +31,7 @@ describe('provenance', () => {
     const records = await chainOf(4)
     // alice derives it, hands it to bob, bob to carol, carol back to alice; alice licenses it to carol.
     const licence = await verifyRecord(await signProvenance(alice!, asset, { kind: 'licensed', prev: records.at(-1)!.cid, to: id(carol!), licence: 'CC-BY-4.0' }))
-    const chain = resolveChain(asset, [licence, ...records].reverse())
+    const chain = resolveChain(asset, [licence, ...records].reverse(), [await registered(records[0]!)], byRegistrar)
     expect(chain.chain.map((s) => s.kind)).toEqual(['derived', 'transferred', 'transferred', 'transferred', 'licensed'])
     expect(chain.chain[0]!.parents).toEqual([parent])
     expect(chain.owner).toBe(id(alice!))
@@ -39,8 +45,9 @@ describe('provenance', () => {
     const toBob = await verifyRecord(await signProvenance(alice!, asset, { kind: 'transferred', prev: genesis!.cid, to: id(bob!) }))
     const toCarol = await verifyRecord(await signProvenance(alice!, asset, { kind: 'transferred', prev: genesis!.cid, to: id(carol!) }))
     const [winner, loser] = [toBob, toCarol].sort((a, b) => (a.cid < b.cid ? -1 : 1))
+    const receipt = await registered(genesis!)
     for (const order of [[genesis!, toBob, toCarol], [toCarol, genesis!, toBob]]) {
-      const chain = resolveChain(asset, order)
+      const chain = resolveChain(asset, order, [receipt], byRegistrar)
       expect(chain.owner).toBe(winner!.predicate.kind === 'transferred' ? winner!.predicate.to : null)
       expect(chain.conflicts).toEqual([{ prev: genesis!.cid, kept: winner!.cid, rejected: [loser!.cid] }])
     }
@@ -49,7 +56,7 @@ describe('provenance', () => {
   it('never follows a record by someone who did not own the asset', async () => {
     const [genesis] = await chainOf(1)
     const theft = await verifyRecord(await signProvenance(mallory!, asset, { kind: 'transferred', prev: genesis!.cid, to: id(mallory!) }))
-    const chain = resolveChain(asset, [genesis!, theft])
+    const chain = resolveChain(asset, [genesis!, theft], [await registered(genesis!)], byRegistrar)
     expect(chain.owner).toBe(id(alice!))
     expect(chain.invalid).toEqual([{ cid: theft.cid, reason: `signed by ${id(mallory!)}, who did not own the asset then` }])
   })
@@ -81,9 +88,31 @@ describe('provenance', () => {
     expect(((await verifyRecord(twoAssets).catch((e: unknown) => e)) as ProvenanceError).check).toBe('asset')
   })
 
+  it('takes the first registration as the genesis: a later created record, however ground, never takes the asset', async () => {
+    const [genesis] = await chainOf(1)
+    const first = await registered(genesis!, 3, 17)
+    // Mallory signs her own created records until one has a smaller CID than the genesis (the old rule's weakness).
+    let ground = await verifyRecord(await signProvenance(mallory!, asset, { kind: 'created', prev: null }))
+    for (let i = 0; ground.cid > genesis!.cid && i < 50; i++) ground = await verifyRecord(await signProvenance(mallory!, asset, { kind: 'created', prev: null }, Date.now() + i))
+    expect(ground.cid < genesis!.cid).toBe(true)
+    // Unregistered, it does not count.
+    const unregistered = resolveChain(asset, [ground, genesis!], [first], byRegistrar)
+    expect(unregistered.owner).toBe(id(alice!))
+    expect(unregistered.invalid).toContainEqual({ cid: ground.cid, reason: 'a genesis record the ledger never registered' })
+    // Registered later (a higher epoch or sequence), it loses, and is kept as evidence.
+    const later = resolveChain(asset, [ground, genesis!], [first, await registered(ground, 3, 18)], byRegistrar)
+    expect(later.owner).toBe(id(alice!))
+    expect(later.registration).toMatchObject({ record: genesis!.cid, epoch: 3, seq: 17, witness: id(registrar!) })
+    expect(later.conflicts).toEqual([{ prev: null, kept: genesis!.cid, rejected: [ground.cid] }])
+    // A "receipt" from a key that was never the registrar counts for nothing.
+    const selfWitnessed = resolveChain(asset, [ground, genesis!], [first, await registered(ground, 0, 0, mallory!)], byRegistrar)
+    expect(selfWitnessed.owner).toBe(id(alice!))
+  })
+
   it('exports a bundle that verifies offline, and fails after any one-byte change', async () => {
     const records = await chainOf(10)
-    const bundle = encodeBundle(asset, records)
+    const receipts = [await registered(records[0]!)]
+    const bundle = encodeBundle(asset, records, receipts, [])
     const chain = await verifyBundle(bundle)
     expect(chain.chain).toHaveLength(10)
     let failures = 0
@@ -98,7 +127,11 @@ describe('provenance', () => {
     expect(failures).toBe(positions.length)
     // A record of another asset slipped in, or a missing link, fails by name.
     const stray = await verifyRecord(await signProvenance(alice!, parent, { kind: 'created', prev: null }))
-    expect(((await verifyBundle(encodeBundle(asset, [...records, stray])).catch((e: unknown) => e)) as ProvenanceError).check).toBe('link')
-    expect(((await verifyBundle(encodeBundle(asset, records.slice(1))).catch((e: unknown) => e)) as ProvenanceError).check).toBe('link')
+    expect(((await verifyBundle(encodeBundle(asset, [...records, stray], receipts, [])).catch((e: unknown) => e)) as ProvenanceError).check).toBe('link')
+    // Without its genesis record, nothing in the chain is registered.
+    expect(((await verifyBundle(encodeBundle(asset, records.slice(1), receipts, [])).catch((e: unknown) => e)) as ProvenanceError).check).toBe('unregistered')
+    // No registration, or one by a key the verifier does not accept: nothing counts as the genesis.
+    expect(((await verifyBundle(encodeBundle(asset, records, [], [])).catch((e: unknown) => e)) as ProvenanceError).check).toBe('unregistered')
+    expect(((await verifyBundle(bundle, Date.now(), async () => (r) => r.witness === id(mallory!)).catch((e: unknown) => e)) as ProvenanceError).check).toBe('unregistered')
   })
 })

@@ -134,11 +134,14 @@ describe('capability tokens', () => {
     expect(await verify(delegated, { revocations: rootRevoked })).toMatchObject({ check: 'revoked', depth: 1 })
   })
 
-  it('refuses a single-use token presented twice', async () => {
-    const root = await issueToken(operator, { ...window, audience: id(client), capabilities: [shardWrite] })
+  it('refuses a single-use token presented twice, and tracks only single-use ones', async () => {
+    const once = await issueToken(operator, { ...window, audience: id(client), capabilities: [shardWrite], once: true })
     const guard = new ReplayGuard()
-    expect(await verify(root, { replay: guard })).not.toBeInstanceOf(TokenError)
-    expect(await verify(root, { replay: guard })).toMatchObject({ check: 'replayed' })
+    expect(await verify(once, { replay: guard })).toMatchObject({ once: true })
+    expect(await verify(once, { replay: guard })).toMatchObject({ check: 'replayed' })
+    const reusable = await issueToken(operator, { ...window, audience: id(client), capabilities: [shardWrite] })
+    expect(await verify(reusable, { replay: guard })).toMatchObject({ once: false })
+    expect(await verify(reusable, { replay: guard })).not.toBeInstanceOf(TokenError)
   })
 
   it('matches resources and abilities by exact name, prefix wildcard or *', () => {

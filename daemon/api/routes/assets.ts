@@ -19,7 +19,7 @@ import { CID } from 'multiformats/cid'
 import { z } from 'zod'
 import { ApiError, badRequest, notFound, parseInput } from '../errors.ts'
 import { assetCid, ProvenanceError, signProvenance, verifyRecord, type ProvenancePredicate } from '../../../attest/provenance.ts'
-import type { ProvenanceLedger } from '../../../p2p/provenance.ts'
+import { LedgerError, type ProvenanceLedger } from '../../../p2p/provenance.ts'
 import type { Authorize } from '../authorize.ts'
 import type { PrivateKey } from '@libp2p/interface'
 import type { FastifyInstance } from 'fastify'
@@ -33,6 +33,7 @@ const createBody = z.union([
   z.strictObject({ cid, parents: z.array(cid).min(1).max(64).optional() })
 ])
 const ABILITY: Record<ProvenancePredicate['kind'], string> = { created: 'create', derived: 'create', transferred: 'transfer', licensed: 'license' }
+const LEDGER_STATUS: Record<LedgerError['code'], number> = { ALREADY_REGISTERED: 409, LEDGER_UNAVAILABLE: 503, NOT_GENESIS: 400 }
 
 export interface AssetRouteComponents {
   ledger: ProvenanceLedger
@@ -50,6 +51,7 @@ export function registerAssetRoutes (app: FastifyInstance, deps: AssetRouteCompo
       return { cid: record.cid, asset: record.asset, kind: record.predicate.kind, added }
     } catch (err) {
       if (err instanceof ProvenanceError) throw badRequest('BAD_RECORD', err.message)
+      if (err instanceof LedgerError) throw new ApiError(LEDGER_STATUS[err.code], err.code, err.message)
       throw err
     }
   }
@@ -110,6 +112,8 @@ export function registerAssetRoutes (app: FastifyInstance, deps: AssetRouteCompo
 
   app.get('/v1/assets/:cid/bundle', async (request, reply) => {
     const { cid: asset } = parseInput(params, request.params, 'params')
+    // An asset this node knows nothing of has no bundle: an empty one would only fail `metagrid verify` later.
+    if ((await ledger.records(asset)).records.length === 0) throw notFound('UNKNOWN_ASSET', `no provenance for ${asset}`)
     const bundle = await ledger.bundle(asset)
     return reply.type('application/vnd.metagrid.provenance-bundle+cbor').header('content-disposition', `attachment; filename="${asset}.provenance"`).send(Buffer.from(bundle))
   })

@@ -27,7 +27,7 @@ const handoffParams = z.strictObject({ shard: shardId, entity: z.string().min(1)
 const handoffBody = z.strictObject({ to: shardId })
 const HANDOFF_STATUS: Record<EntityHandoffError['code'], number> = { UNKNOWN_ENTITY: 404, SAME_SHARD: 400, UNKNOWN_TARGET: 503, HANDOFF_ABORTED: 503 }
 
-const STATUS: Record<NotHostError['code'], number> = { NOT_HOST: 421, STALE_EPOCH: 409, HANDOFF_IN_PROGRESS: 503 }
+const STATUS: Record<NotHostError['code'], number> = { NOT_HOST: 421, NOT_REPLICA: 421, STALE_EPOCH: 409, HANDOFF_IN_PROGRESS: 503 }
 
 /** The API's answer to a write the lease rules refuse: where the host is and under which epoch. */
 export function notHost (err: NotHostError): ApiError {
