@@ -25,6 +25,7 @@ import { encodeBundle, ProvenanceError, resolveChain, signReceipt, verifyReceipt
 import { LEDGER_PROTOCOL, LEDGER_SHARD, PROVENANCE_SHARD } from './constants.ts'
 import { ignore, reject } from './admission/refusal.ts'
 import { WireProtocolError, wireErrorCode } from './wire-error.ts'
+import { requestOnce } from './request.ts'
 import type { EntryChange, EntryRules } from './admission/rules.ts'
 import type { ShardDoc } from '../storage/crdt/shard-doc.ts'
 import type { MetagridLibp2p } from './libp2p.ts'
@@ -152,19 +153,9 @@ export class ProvenanceLedger {
     const registrar = this.components.registrar.current()
     if (registrar == null) throw new LedgerError('LEDGER_UNAVAILABLE', 'the ledger has no registrar right now; retry shortly')
     if (registrar.peer === this.self) return this.witness({ record: record.bytes })
-    const signal = AbortSignal.timeout(REQUEST_TIMEOUT_MS)
     let answer: Record<string, unknown>
     try {
-      const stream = await this.components.libp2p.dialProtocol(peerIdFromString(registrar.peer), LEDGER_PROTOCOL, { signal })
-      try {
-        const lp = lpStream(stream, { maxDataLength: MAX_FRAME_BYTES })
-        await lp.write(dagCbor.encode({ t: 'register', r: record.bytes }), { signal })
-        answer = dagCbor.decode((await lp.read({ signal })).subarray()) as Record<string, unknown>
-        await stream.close({ signal })
-      } catch (err) {
-        stream.abort(err as Error)
-        throw err
-      }
+      answer = dagCbor.decode(await requestOnce(this.components.libp2p, peerIdFromString(registrar.peer), LEDGER_PROTOCOL, dagCbor.encode({ t: 'register', r: record.bytes }), { timeoutMs: REQUEST_TIMEOUT_MS, maxFrameBytes: MAX_FRAME_BYTES })) as Record<string, unknown>
     } catch (err) {
       throw new LedgerError('LEDGER_UNAVAILABLE', `the ledger's registrar ${registrar.peer} did not answer: ${(err as Error).message}`)
     }

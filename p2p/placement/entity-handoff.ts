@@ -32,6 +32,7 @@ import { peerIdFromString } from '@libp2p/peer-id'
 import { lpStream } from '@libp2p/utils'
 import { HANDOFF_PROTOCOL } from '../constants.ts'
 import { WireProtocolError, wireErrorCode } from '../wire-error.ts'
+import { requestOnce } from '../request.ts'
 import { checkComponents, checkValue, MAX_NAME_LENGTH, ShardDocError } from '../../storage/crdt/shard-doc.ts'
 import type { JsonValue } from '../../storage/crdt/codec.ts'
 import type { ShardStore } from '../../storage/shard-store.ts'
@@ -190,19 +191,9 @@ export class EntityHandoff {
   private async request (peer: string, request: Request): Promise<Record<string, unknown> | null> {
     const self = this.components.libp2p.peerId.toString()
     if (peer === self) return this.answer(request, self)
-    const signal = AbortSignal.timeout(REQUEST_TIMEOUT_MS)
     try {
-      const stream = await this.components.libp2p.dialProtocol(peerIdFromString(peer), HANDOFF_PROTOCOL, { signal })
-      try {
-        const lp = lpStream(stream, { maxDataLength: MAX_FRAME_BYTES })
-        await lp.write(dagCbor.encode(request), { signal })
-        const answer = dagCbor.decode((await lp.read({ signal })).subarray())
-        await stream.close({ signal })
-        return answer != null && typeof answer === 'object' ? answer as Record<string, unknown> : null
-      } catch (err) {
-        stream.abort(err as Error)
-        throw err
-      }
+      const answer = dagCbor.decode(await requestOnce(this.components.libp2p, peerIdFromString(peer), HANDOFF_PROTOCOL, dagCbor.encode(request), { timeoutMs: REQUEST_TIMEOUT_MS, maxFrameBytes: MAX_FRAME_BYTES }))
+      return answer != null && typeof answer === 'object' ? answer as Record<string, unknown> : null
     } catch (err) {
       this.log.debug({ code: wireErrorCode(err), peer, t: request.t, err }, 'handoff request failed')
       return null

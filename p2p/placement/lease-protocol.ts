@@ -14,6 +14,7 @@ import * as dagCbor from '@ipld/dag-cbor'
 import { lpStream } from '@libp2p/utils'
 import { LEASE_PROTOCOL } from '../constants.ts'
 import { WireProtocolError, wireErrorCode } from '../wire-error.ts'
+import { requestOnce } from '../request.ts'
 import type { Vote, VoteRefusal } from './lease.ts'
 import type { MetagridLibp2p } from '../libp2p.ts'
 import type { Logger } from '../logger.ts'
@@ -117,18 +118,7 @@ function counted (vote: Vote, metrics: P2pMetrics | null): Vote {
 }
 
 async function exchange (libp2p: MetagridLibp2p, peer: PeerId, request: LeaseRequest, timeoutMs: number): Promise<Uint8Array> {
-  const signal = AbortSignal.timeout(timeoutMs)
-  const stream = await libp2p.dialProtocol(peer, LEASE_PROTOCOL, { signal })
-  try {
-    const lp = lpStream(stream, { maxDataLength: MAX_FRAME_BYTES })
-    await lp.write(encodeRequest(request), { signal })
-    const answer = (await lp.read({ signal })).subarray()
-    await stream.close({ signal })
-    return answer
-  } catch (err) {
-    stream.abort(err as Error)
-    throw err
-  }
+  return requestOnce(libp2p, peer, LEASE_PROTOCOL, encodeRequest(request), { timeoutMs, maxFrameBytes: MAX_FRAME_BYTES })
 }
 
 export async function requestVote (libp2p: MetagridLibp2p, peer: PeerId, lease: Uint8Array, release: Uint8Array | undefined, timeoutMs: number): Promise<Vote> {

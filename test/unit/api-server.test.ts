@@ -69,3 +69,12 @@ describe('API error envelope', () => {
     expect(text).toMatch(/metagrid_api_request_duration_seconds_count\{method="GET",route="\/limit",status="200"\} 1/)
   })
 })
+
+describe('the browser guard\'s Host check', () => {
+  it('answers to IP literals, localhost names, the bound host and allow-listed names only', async () => {
+    const { hostAllowed, hostName } = await import('../../daemon/api/browser-guard.ts')
+    const options = { apiHost: '0.0.0.0', allowedHosts: ['grid.example.org'] }
+    expect(['127.0.0.1:7311', '[::1]:7311', 'localhost:7311', 'app.localhost', '192.0.2.7', 'grid.example.org:443', 'GRID.example.org'].map((h) => hostAllowed(hostName(h), options))).toEqual([true, true, true, true, true, true, true])
+    expect(['evil.test:7311', 'localhost.evil.test', '127.0.0.1.nip.io', ''].map((h) => hostAllowed(hostName(h), options))).toEqual([false, false, false, false])
+  })
+})

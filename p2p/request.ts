@@ -1,0 +1,24 @@
+/**
+ * One request and one answer over a fresh stream, each a length-prefixed
+ * frame: what the lease, handoff and ledger protocols do as the asking side.
+ * The stream gets its own deadline, is closed after the answer and aborted
+ * on any failure, so no stream outlives its request.
+ */
+import { lpStream } from '@libp2p/utils'
+import type { MetagridLibp2p } from './libp2p.ts'
+import type { PeerId } from '@libp2p/interface'
+
+export async function requestOnce (libp2p: MetagridLibp2p, peer: PeerId, protocol: string, request: Uint8Array, options: { timeoutMs: number, maxFrameBytes: number }): Promise<Uint8Array> {
+  const signal = AbortSignal.timeout(options.timeoutMs)
+  const stream = await libp2p.dialProtocol(peer, protocol, { signal })
+  try {
+    const lp = lpStream(stream, { maxDataLength: options.maxFrameBytes })
+    await lp.write(request, { signal })
+    const answer = (await lp.read({ signal })).subarray()
+    await stream.close({ signal })
+    return answer
+  } catch (err) {
+    stream.abort(err as Error)
+    throw err
+  }
+}
