@@ -9,10 +9,12 @@
  *   `403 HOST_NOT_ALLOWED`, for reads too.
  * - **Origin**: a write (any method but GET, HEAD, OPTIONS) that carries an
  *   `Origin` (or `Sec-Fetch-Site`) of another origin is `403 CROSS_ORIGIN`.
- * - **JSON**: a write without a bearer token needs `content-type:
+ * - **JSON**: a POST without a bearer token needs `content-type:
  *   application/json`, which a cross-origin page cannot send without a CORS
  *   preflight this API never grants (`415 JSON_REQUIRED`): no "simple
- *   request" (a form post, a body-less fetch) changes anything.
+ *   request" (a form post, a body-less fetch) changes anything. (PUT, PATCH
+ *   and DELETE are never simple requests: a browser asks first, and is
+ *   refused, so a body-less DELETE from a script or curl is fine.)
  *
  * Refusals go through the API's error handler: JSON errors, counted in
  * `metagrid_api_errors_total{code}`.
@@ -59,8 +61,9 @@ export function guardAgainstBrowsers (app: FastifyInstance, options: BrowserGuar
     }
     if (READS.has(request.method)) return
     if (crossOrigin(request)) throw new ApiError(403, 'CROSS_ORIGIN', 'writes from another origin are refused')
+    if (request.method !== 'POST') return
     const bearer = request.headers.authorization?.startsWith('Bearer ') === true
     const type = request.headers['content-type']?.split(';')[0]?.trim().toLowerCase()
-    if (!bearer && type !== 'application/json') throw new ApiError(415, 'JSON_REQUIRED', 'a write without a token needs content-type: application/json and a JSON body')
+    if (!bearer && type !== 'application/json') throw new ApiError(415, 'JSON_REQUIRED', 'a POST without a token needs content-type: application/json and a JSON body')
   })
 }

@@ -188,7 +188,8 @@ export async function provenanceCommand (args: string[], io: CommandIO): Promise
     const response = await fetch(new URL(`/v1/assets/${encodeURIComponent(cid)}/bundle`, api)).catch((err: unknown) => { throw new UsageError(`cannot reach ${api}: ${(err as Error).message}`) })
     if (!response.ok) {
       const body = await response.json().catch(() => ({})) as { error?: { code?: string, message?: string } }
-      throw new ApiResponseError(response.status, body.error?.code ?? 'HTTP_ERROR', body.error?.message ?? `${response.status} from ${api}`)
+      const code = body.error?.code ?? 'HTTP_ERROR'
+      throw new ApiResponseError(response.status, code, `${response.status} ${code}: ${body.error?.message ?? `from ${api}`}`)
     }
     const bundle = new Uint8Array(await response.arrayBuffer())
     await writeFile(out, bundle)

@@ -11,6 +11,7 @@ import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { loadOrCreateEd25519Key } from '../../attest/key-file.ts'
 import { signProvenance } from '../../attest/provenance.ts'
+import { generateKeyPair } from '@libp2p/crypto/keys'
 import { getJson, runCli, TestBed, waitFor, type TestDaemon } from '../helpers/daemons.ts'
 
 const bed = new TestBed()
@@ -27,13 +28,27 @@ async function post (api: string, path: string, body: unknown, token?: string): 
   return { status: response.status, json: await response.json() }
 }
 
+/** Placement elects the ledger's registrar; a one-cell world keeps the rest of it small. */
+const PLACEMENT = {
+  METAGRID_PLACEMENT_WORLD_MAX_X: '100',
+  METAGRID_PLACEMENT_WORLD_MAX_Y: '100',
+  METAGRID_PLACEMENT_WORLD_CELL_SIZE: '100',
+  METAGRID_PLACEMENT_SETTLE_MS: '1000',
+  METAGRID_PLACEMENT_TICK_MS: '500'
+}
+
 beforeAll(async () => {
-  a = await bed.start({ env: { METAGRID_PLACEMENT_ENABLED: 'false' } })
-  b = await bed.start({ args: ['--bootstrap', a.addrs[0]!, '--api', '0.0.0.0:0'], env: { METAGRID_PLACEMENT_ENABLED: 'false' } })
+  a = await bed.start({ env: PLACEMENT })
+  b = await bed.start({ args: ['--bootstrap', a.addrs[0]!, '--api', '0.0.0.0:0'], env: PLACEMENT })
   bApi = b.api.replace('0.0.0.0', '127.0.0.1')
   dir = await bed.tempDir()
   await waitFor('the two nodes to connect', async () => (await getJson(a.api, '/v1/status')).peers === 1)
-}, 60_000)
+  // Both nodes agree who the ledger's registrar is.
+  await waitFor('a registrar both nodes accept', async () => {
+    const holders = await Promise.all([a.api, bApi].map(async (api) => (await getJson(api, '/v1/placement')).shards.find((s: { shard: string }) => s.shard === 'sys.ledger')?.lease))
+    return holders.every((l) => l?.valid === true && l.holder === holders[0]?.holder)
+  }, 60_000)
+}, 90_000)
 
 afterAll(async () => bed.cleanup())
 
@@ -44,6 +59,10 @@ describe('asset provenance', () => {
     const created = await post(a.api, '/v1/assets', { data: Buffer.from('a castle, in glTF').toString('base64') })
     expect(created.status).toBe(200)
     asset = created.json.asset
+    // Registered once: another key's created record for it, through the other node, is refused.
+    const [other] = await Promise.all([generateKeyPair('Ed25519')])
+    const claim = await signProvenance(other!, asset, { kind: 'created', prev: null })
+    expect((await post(a.api, `/v1/assets/${asset}/records`, { record: Buffer.from(claim).toString('base64') })).json.error.code).toBe('ALREADY_REGISTERED')
     expect(asset).toMatch(/^bafk/)
     expect((await post(a.api, `/v1/assets/${asset}/license`, { to: b.peerId, licence: 'CC-BY-4.0' })).status).toBe(200)
     expect((await post(a.api, `/v1/assets/${asset}/transfer`, { to: b.peerId })).status).toBe(200)
@@ -64,12 +83,15 @@ describe('asset provenance', () => {
     expect(made.code).toBe(0)
     const clientId = made.stdout.trim()
     const client = (await loadOrCreateEd25519Key(clientPath)).key
-    // b owns the asset; its API is bound beyond loopback, so even its operator's transfer needs a token.
+    // b owns the asset; its API is bound beyond loopback, so even its operator's transfer needs a token, addressed to b.
     const issued = await metagrid(['token', 'issue', '--key', join(b.dataDir, 'node.key'), '--audience', clientId, '--cap', `asset:${asset}=transfer`, '--ttl', '10m'])
     expect(issued.code).toBe(0)
-    const token = issued.stdout.trim()
+    const toClient = issued.stdout.trim()
+    // The client invokes b with it: its own token to b, the node's as proof.
+    const token = (await metagrid(['token', 'issue', '--key', clientPath, '--audience', b.peerId, '--cap', `asset:${asset}=transfer`, '--ttl', '5m', '--proof', toClient])).stdout.trim()
     expect((await post(bApi, `/v1/assets/${asset}/transfer`, { to: clientId })).json.error.code).toBe('TOKEN_REQUIRED')
-    const wrongScope = (await metagrid(['token', 'issue', '--key', join(b.dataDir, 'node.key'), '--audience', clientId, '--cap', 'asset:bafkother=transfer'])).stdout.trim()
+    expect((await post(bApi, `/v1/assets/${asset}/transfer`, { to: clientId }, toClient)).json.error.code).toBe('TOKEN_AUDIENCE')
+    const wrongScope = (await metagrid(['token', 'issue', '--key', join(b.dataDir, 'node.key'), '--audience', b.peerId, '--cap', 'asset:bafkother=transfer'])).stdout.trim()
     expect((await post(bApi, `/v1/assets/${asset}/transfer`, { to: clientId }, wrongScope)).json.error.code).toBe('TOKEN_SCOPE')
     expect((await post(bApi, `/v1/assets/${asset}/transfer`, { to: clientId }, token)).status).toBe(200)
 
@@ -77,9 +99,10 @@ describe('asset provenance', () => {
     const head = (await getJson(bApi, `/v1/assets/${asset}/provenance`)).chain.at(-1).cid
     const toA = await signProvenance(client, asset, { kind: 'transferred', prev: head, to: a.peerId })
     const toB = await signProvenance(client, asset, { kind: 'transferred', prev: head, to: b.peerId })
-    for (const record of [toA, toB]) expect((await post(bApi, `/v1/assets/${asset}/records`, { record: Buffer.from(record).toString('base64') }, token)).status).toBe(200)
+    const again = async (): Promise<string> => (await metagrid(['token', 'issue', '--key', clientPath, '--audience', b.peerId, '--cap', `asset:${asset}=transfer`, '--ttl', '5m', '--proof', toClient])).stdout.trim()
+    for (const record of [toA, toB]) expect((await post(bApi, `/v1/assets/${asset}/records`, { record: Buffer.from(record).toString('base64') }, await again())).status).toBe(200)
     // A record about another asset, or not signed at all, is refused by name.
-    const garbage = await post(bApi, `/v1/assets/${asset}/records`, { record: Buffer.from('not a record').toString('base64') }, token)
+    const garbage = await post(bApi, `/v1/assets/${asset}/records`, { record: Buffer.from('not a record').toString('base64') }, await again())
     expect(garbage.status).toBe(400)
     expect(garbage.json.error.code).toBe('BAD_RECORD')
 
@@ -96,7 +119,7 @@ describe('asset provenance', () => {
 
     const shown = await metagrid(['provenance', asset, '--api', a.api])
     expect(shown.code).toBe(0)
-    expect(shown.stdout).toContain(`owner      ${chain.owner as string}`)
+    expect(shown.stdout).toMatch(new RegExp(`owner +${chain.owner as string}`))
   })
 
   it('exports a bundle that `metagrid verify` accepts offline, and rejects after a one-byte change', async () => {
@@ -105,7 +128,18 @@ describe('asset provenance', () => {
     expect(exported.code).toBe(0)
     const ok = await metagrid(['verify', file, '--json'])
     expect(ok.code).toBe(0)
-    expect(JSON.parse(ok.stdout)).toMatchObject({ valid: true, asset })
+    const verified = JSON.parse(ok.stdout)
+    expect(verified).toMatchObject({ valid: true, asset })
+    // The registrar checked against the ledger lease the bundle carries; pinned to another key, nothing counts.
+    expect(verified.registration.witness).toMatch(/^12D3KooW/)
+    const pinned = await metagrid(['verify', file, '--witness', a.peerId === verified.registration.witness ? b.peerId : a.peerId])
+    expect(pinned.code).toBe(1)
+    expect(pinned.stderr).toContain('unregistered')
+    // An asset this node knows nothing of has no bundle: exit 1 and nothing written.
+    const unknown = await metagrid(['provenance', 'export', 'bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy', '--out', join(dir, 'nothing'), '--api', a.api])
+    expect(unknown.code).toBe(1)
+    expect(unknown.stderr).toContain('UNKNOWN_ASSET')
+    await expect(readFile(join(dir, 'nothing'))).rejects.toThrow()
     const bytes = await readFile(file)
     bytes[Math.floor(bytes.length / 2)]! ^= 0x20
     await writeFile(file, bytes)
