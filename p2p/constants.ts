@@ -34,7 +34,7 @@ export const PROBE_PROTOCOL = '/metagrid/probe/1.0.0'
 export const PROBE_PING_PREFIX = 'metagrid'
 
 /** Lease votes and shard handoffs between placement peers. */
-export const LEASE_PROTOCOL = '/metagrid/lease/1.0.0'
+export const LEASE_PROTOCOL = '/metagrid/lease/2.0.0'
 
 /** The system shard every node replicates: signed descriptors of placement candidates and the lease table. */
 export const PLACEMENT_SHARD = 'sys.placement'

@@ -17,7 +17,7 @@
 import { peerIdFromString } from '@libp2p/peer-id'
 import { LEASE_PROTOCOL } from '../constants.ts'
 import { encodeLeaseRecord, hasQuorum, LeaseVoter, openRelease, signLease, signRelease, VOTE_REFUSALS, type ClaimCheck, type LeaseTerms, type VerifiedLease, type Vote } from './lease.ts'
-import { handleLeaseProtocol, requestHandoff, requestVote, type HandoffAnswer } from './lease-protocol.ts'
+import { handleLeaseProtocol, requestHandoff, VoteRequests, type HandoffAnswer } from './lease-protocol.ts'
 import type { Assignment } from './assign.ts'
 import type { PlacementTable } from './placement-table.ts'
 import type { ShardInfo } from './world.ts'
@@ -64,6 +64,7 @@ export class LeaseKeeper {
   private readonly options: LeaseKeeperOptions
   private readonly log: Logger
   private readonly voter: LeaseVoter
+  private readonly votes: VoteRequests
   private readonly self: string
   private readonly held = new Map<string, { terms: LeaseTerms, record: Uint8Array }>()
   private readonly busy = new Set<string>()
@@ -79,6 +80,7 @@ export class LeaseKeeper {
     this.log = components.logger.child({ component: 'metagrid:lease' })
     this.self = components.libp2p.peerId.toString()
     this.voter = new LeaseVoter(components.votes, components.privateKey, { maxLeaseMs: options.leaseMs, marginMs: options.marginMs }, components.checkClaim)
+    this.votes = new VoteRequests(components.libp2p, VOTE_TIMEOUT_MS)
   }
 
   async start (world: { shard: (id: string) => ShardInfo | undefined }): Promise<void> {
@@ -153,13 +155,12 @@ export class LeaseKeeper {
 
   /** Runs a vote round on a signed lease; resolves to the record when a majority of voters and previous voters granted it. */
   private async collect (terms: LeaseTerms, release?: Uint8Array): Promise<{ record?: Uint8Array, refusals: Vote[] }> {
-    const { libp2p, privateKey } = this.components
-    const lease = await signLease(privateKey, terms, Date.now())
+    const lease = await signLease(this.components.privateKey, terms, Date.now())
     const electorate = [...new Set([...terms.voters, ...terms.prev])]
     const votes = await Promise.all(electorate.map(async (peer): Promise<[string, Vote | null]> => {
       if (peer === this.self) return [peer, await this.voter.vote(lease, release)]
       try {
-        return [peer, await requestVote(libp2p, peerIdFromString(peer), lease, release, VOTE_TIMEOUT_MS)]
+        return [peer, await this.votes.request(peerIdFromString(peer), lease, release)]
       } catch {
         return [peer, null]
       }

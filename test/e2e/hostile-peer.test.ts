@@ -244,7 +244,7 @@ describe('a hostile peer on a mesh of four daemons', () => {
       table.setComponent(`lease.${shard}`, `e1000000000.${me}`, Buffer.from(encodeLeaseRecord(forever, [await selfGrant(forever)])).toString('base64'))
       await publish(shardTopic(PLACEMENT_SHARD), seal(key, PLACEMENT_SHARD, table.takeDelta()!).bytes)
       // And it asks honest nodes to vote for it.
-      await ask(0, LEASE_PROTOCOL, [dagCbor.encode({ t: 'claim', l: forever })])
+      await ask(0, LEASE_PROTOCOL, [dagCbor.encode({ t: 'claims', c: [{ l: forever }] })])
     }, async () => (await admission('lease', 'TOO_LONG', 'ignore')) + (await admission('lease', 'NOT_A_VOTER')) + (await admission('lease', 'TOO_LONG')))
   })
 

@@ -48,6 +48,7 @@ async function call (index: number, method: string, path: string, body?: unknown
 /** Waits until every live node reports all shards leased, the same digest and the same lease table. */
 async function agreement (live: number[], what: string, timeoutMs = 90_000): Promise<PlacementView> {
   return waitFor(what, async () => {
+    if (Date.now() > deadlineFor(what, timeoutMs) - 1_000) await explainDisagreement(live)
     const views = await Promise.all(live.map(async (i) => view(i)))
     const first = views[0]!
     if (first.candidates.length !== live.length) return undefined
@@ -57,6 +58,22 @@ async function agreement (live: number[], what: string, timeoutMs = 90_000): Pro
     if (!first.shards.every((s) => s.lease?.holder === s.host)) return undefined
     return views.every((v) => v.digest === first.digest && JSON.stringify([...leaseTable(v)].sort()) === table) ? first : undefined
   }, timeoutMs, 500)
+}
+
+const deadlines = new Map<string, number>()
+function deadlineFor (what: string, timeoutMs: number): number {
+  if (!deadlines.has(what)) deadlines.set(what, Date.now() + timeoutMs)
+  return deadlines.get(what)!
+}
+
+/** What a failed agreement looked like, for the log: per node, leased and settled shards and the shards they see differently. */
+async function explainDisagreement (live: number[]): Promise<void> {
+  const views = await Promise.all(live.map(async (i) => view(i)))
+  console.log(views.map((v, i) => `node ${live[i]}: ${v.candidates.length} candidates, ${leaseTable(v).size} leased, ${v.shards.filter((s) => s.lease?.holder === s.host).length} settled, digest ${v.digest.slice(0, 8)}`).join('\n'))
+  for (const s of views[0]!.shards) {
+    const rows = views.map((v) => { const x = v.shards.find((y) => y.shard === s.shard)!; return `${x.host?.slice(-4) ?? '-'}/${x.lease?.valid === true ? `${x.lease.holder.slice(-4)}@${x.lease.epoch}` : '-'}` })
+    if (new Set(rows).size > 1 || rows[0]!.split('/')[0] !== rows[0]!.split('/')[1]!.split('@')[0]) console.log(`${s.shard}: ${rows.join(' ')}`)
+  }
 }
 
 const cli = async (args: string[]): Promise<string> => {
