@@ -37,7 +37,12 @@ export interface VivaldiOptions {
   heightMin: number
   /** Samples kept per peer for the median filter; 3 rejects single spikes at little lag. */
   latencyFilterSize: number
-  /** Gravity scale: at this distance from the origin the pull is 1 ms per update. Serf's 150 s, in ms. */
+  /**
+   * Gravity scale, Serf's 150 s in ms: the pull towards the origin is
+   * (distance / rho)² *seconds* per update, as Serf computes it (in ms here:
+   * 1000 · (distance / rho)²). Taken in ms instead, it would be a thousand
+   * times weaker than Serf's and coordinates would drift.
+   */
   gravityRho: number
   /** Samples above this are measurement faults, not network distance. */
   maxRttMs: number
@@ -57,6 +62,7 @@ export const defaultVivaldiOptions: VivaldiOptions = {
 
 /** Two coordinates closer than this are treated as the same point. */
 const ZERO = 1e-6
+const MS_PER_S = 1000
 
 export class CoordinateError extends Error {
   static override name = 'CoordinateError'
@@ -170,7 +176,8 @@ export class VivaldiClient {
     const before = this.coordinate
 
     // Vivaldi with an adaptive timestep: the less sure we are relative to the peer, the further we move.
-    const dist = rawDistance(before, other)
+    // The error is measured on the estimate as it is used (with the adjustment terms), as Serf does.
+    const dist = estimateRtt(before, other)
     const totalError = Math.max(before.error + other.error, ZERO)
     const weight = before.error / totalError
     const wrongness = Math.abs(dist - rtt) / rtt
@@ -188,10 +195,10 @@ export class VivaldiClient {
       next.adjustment = sum / (2 * this.options.adjustmentWindow)
     }
 
-    // Gravity: a pull towards the origin that grows with the square of the distance.
+    // Gravity: a pull towards the origin that grows with the square of the distance (Serf's force is in seconds).
     const origin = originCoordinate(this.options)
-    const fromOrigin = rawDistance(next, origin)
-    next = applyForce(next, -1 * (fromOrigin / this.options.gravityRho) ** 2, origin, this.options, this.random)
+    const fromOrigin = estimateRtt(origin, next)
+    next = applyForce(next, -MS_PER_S * (fromOrigin / this.options.gravityRho) ** 2, origin, this.options, this.random)
 
     if (!isValidCoordinate(next, this.options)) {
       // Numerical trouble (it should not happen): start over rather than spread garbage.
@@ -201,6 +208,12 @@ export class VivaldiClient {
     this.coordinate = next
     this.updates++
     return this.current
+  }
+
+  /** Replaces this node's coordinate (Serf's SetCoordinate); a coordinate that is not valid is refused. */
+  setCoordinate (coordinate: Coordinate): void {
+    if (!isValidCoordinate(coordinate, this.options)) throw new CoordinateError('coordinate is malformed')
+    this.coordinate = { ...coordinate, vec: [...coordinate.vec] }
   }
 
   /** Estimated RTT from this node to the owner of `other`, in ms. */

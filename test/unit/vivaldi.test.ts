@@ -1,22 +1,12 @@
 import fc from 'fast-check'
 import { describe, expect, it } from 'vitest'
 import { CoordinateError, estimateRtt, isValidCoordinate, originCoordinate, VivaldiClient } from '../../p2p/coordinates/vivaldi.ts'
+import { seededRandom } from '../helpers/random.ts'
 import { latencyMatrix, pickCities } from '../testbed/geo.ts'
-
-/** A seeded generator so the simulation is the same on every run. */
-function mulberry32 (seed: number): () => number {
-  let a = seed
-  return () => {
-    a = (a + 0x6D2B79F5) | 0
-    let t = Math.imul(a ^ (a >>> 15), 1 | a)
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
 
 /** Runs Vivaldi over a known RTT matrix, each node sampling a random peer each round. */
 function simulate (matrix: number[][], rounds: number, noise: number, seed = 1): VivaldiClient[] {
-  const random = mulberry32(seed)
+  const random = seededRandom(seed)
   const clients = matrix.map(() => new VivaldiClient({}, random))
   for (let round = 0; round < rounds; round++) {
     for (let i = 0; i < clients.length; i++) {
@@ -49,8 +39,8 @@ describe('Vivaldi coordinates', () => {
   })
 
   it('learns a single link', () => {
-    const a = new VivaldiClient({}, mulberry32(2))
-    const b = new VivaldiClient({}, mulberry32(3))
+    const a = new VivaldiClient({}, seededRandom(2))
+    const b = new VivaldiClient({}, seededRandom(3))
     for (let i = 0; i < 200; i++) {
       a.update('b', b.current, 50)
       b.update('a', a.current, 50)
@@ -67,8 +57,8 @@ describe('Vivaldi coordinates', () => {
   })
 
   it('ignores a single delayed sample thanks to the median filter', () => {
-    const a = new VivaldiClient({}, mulberry32(4))
-    const b = new VivaldiClient({}, mulberry32(5))
+    const a = new VivaldiClient({}, seededRandom(4))
+    const b = new VivaldiClient({}, seededRandom(5))
     for (let i = 0; i < 200; i++) {
       a.update('b', b.current, 20)
       b.update('a', a.current, 20)
@@ -99,7 +89,7 @@ describe('Vivaldi coordinates', () => {
     fc.assert(fc.property(
       fc.array(fc.tuple(fc.integer({ min: 0, max: 4 }), fc.double({ min: 0.05, max: 5000, noNaN: true })), { minLength: 1, maxLength: 300 }),
       (samples) => {
-        const clients = Array.from({ length: 5 }, (_, i) => new VivaldiClient({}, mulberry32(i + 10)))
+        const clients = Array.from({ length: 5 }, (_, i) => new VivaldiClient({}, seededRandom(i + 10)))
         for (const [k, rtt] of samples) {
           const i = k
           const j = (k + 1) % 5
