@@ -36,6 +36,8 @@ export class Metrics implements P2pMetrics {
   readonly probeFailures: Counter<'kind'>
   readonly members: Gauge<'state'>
   readonly memberTransitions: Counter<'to'>
+  readonly memberClaims: Counter<'kind'>
+  readonly localHealth: Gauge
   readonly bootstrapDials: Counter<'result'>
   /** Capability descriptors refused (DHT validator or discovery), by reason. */
   readonly catalogRejected: Counter<'reason'>
@@ -67,6 +69,8 @@ export class Metrics implements P2pMetrics {
   readonly placementUnheld: Gauge
   /** Entity handoffs across shard borders, by result. */
   readonly entityHandoffs: Counter<'result'>
+  readonly keepaliveFailures: Counter<'reason'>
+  readonly writeConcern: Histogram<'result'>
   readonly sloSli: Gauge<'objective'>
   readonly sloBudgetRemaining: Gauge<'objective'>
   readonly sloBurnRate: Gauge<'objective'>
@@ -105,6 +109,8 @@ export class Metrics implements P2pMetrics {
     this.probeFailures = new Counter({ name: 'metagrid_probe_failures_total', help: 'Failed probes, direct or indirect', labelNames: ['kind'], registers })
     this.members = new Gauge({ name: 'metagrid_members', help: 'Members of the mesh as this node sees them, by state', labelNames: ['state'], registers })
     this.memberTransitions = new Counter({ name: 'metagrid_member_transitions_total', help: 'Membership state changes, by new state', labelNames: ['to'], registers })
+    this.memberClaims = new Counter({ name: 'metagrid_member_claims_total', help: 'Membership claims this node broadcast (alive: its announcements and refutations), by kind', labelNames: ['kind'], registers })
+    this.localHealth = new Gauge({ name: 'metagrid_local_health', help: "Lifeguard's local health score: 0 healthy; probe timeouts stretch by it + 1", registers })
     this.catalogRejected = new Counter({ name: 'metagrid_catalog_rejected_total', help: 'Capability descriptors refused, by reason', labelNames: ['reason'], registers })
     this.catalogPublished = new Counter({ name: 'metagrid_catalog_published_total', help: 'Descriptor publications (DHT put and provide), by result', labelNames: ['result'], registers })
     this.discoveryDuration = new Histogram({
@@ -138,6 +144,8 @@ export class Metrics implements P2pMetrics {
     this.placementOverflow = new Gauge({ name: 'metagrid_placement_overflow_shards', help: 'Shards placed beyond the load bound because every eligible node was full', registers })
     this.placementUnheld = new Gauge({ name: 'metagrid_placement_unheld_shards', help: 'Shards with no valid lease in this node\'s table', registers })
     this.entityHandoffs = new Counter({ name: 'metagrid_entity_handoffs_total', help: 'Entity transfers across shard borders, by result (committed, aborted, resolved)', labelNames: ['result'], registers })
+    this.keepaliveFailures = new Counter({ name: 'metagrid_keepalive_failures_total', help: 'Lease keepalive streams to voters that could not be opened or broke, by reason (dial, stream)', labelNames: ['reason'], registers })
+    this.writeConcern = new Histogram({ name: 'metagrid_write_concern_seconds', help: 'Time from a write being durable here to a majority of its voters holding it, by result (ok, timeout, fenced)', labelNames: ['result'], buckets: [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5], registers })
     this.sloSli = new Gauge({ name: 'metagrid_slo_sli', help: 'Service level indicator over the SLO window: good events / all events', labelNames: ['objective'], registers })
     this.sloBudgetRemaining = new Gauge({ name: 'metagrid_slo_error_budget_remaining', help: 'Fraction of the error budget left over the SLO window (1 untouched, 0 spent, below 0 overspent)', labelNames: ['objective'], registers })
     this.sloBurnRate = new Gauge({ name: 'metagrid_slo_burn_rate', help: 'Error budget burn rate over the burn window (1: the budget lasts exactly the window)', labelNames: ['objective'], registers })

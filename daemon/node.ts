@@ -6,7 +6,9 @@
  */
 import { mkdir } from 'node:fs/promises'
 import { join } from 'node:path'
+import { MemoryDatastore, MountDatastore } from 'datastore-core'
 import { LevelDatastore } from 'datastore-level'
+import { Key } from 'interface-datastore'
 import { loadOrCreateEd25519Key } from '../attest/key-file.ts'
 import { BootstrapKeeper, defaultBootstrapOptions } from '../p2p/bootstrap.ts'
 import { Catalog } from '../p2p/catalog/catalog.ts'
@@ -14,12 +16,14 @@ import { defaultDiscoveryOptions, Discovery } from '../p2p/catalog/discovery.ts'
 import { measureHardware } from '../p2p/catalog/hardware.ts'
 import { DESCRIPTOR_NAMESPACE, descriptorSelector, descriptorValidator } from '../p2p/catalog/records.ts'
 import { createMetagridLibp2p, listenAddrs, type MetagridLibp2p } from '../p2p/libp2p.ts'
+import { LoopMonitor } from '../p2p/health/loop-monitor.ts'
 import { Mesh } from '../p2p/mesh.ts'
 import { Replication } from '../p2p/sync/replication.ts'
 import { openAuthority } from '../p2p/admission/authority.ts'
 import { defaultPlacementParams } from '../p2p/placement/assign.ts'
 import { EntityHandoff } from '../p2p/placement/entity-handoff.ts'
 import { NotHostError, Placement } from '../p2p/placement/placement.ts'
+import { WriteConcernError } from '../p2p/sync/replication.ts'
 import { Policy } from '../p2p/placement/policy.ts'
 import { Database, SUBLEVELS } from '../storage/database.ts'
 import { UptimeLog } from '../storage/uptime-log.ts'
@@ -141,6 +145,8 @@ export class MetagridNode {
   private readonly parts: Part[]
   private readonly started: Part[] = []
   private readonly inFlight = { count: 0 }
+  /** This process's event-loop stalls, for everything that judges others by timeouts (membership, lease voters). */
+  private readonly loop = new LoopMonitor()
   private apiAddress = ''
   private stopping: Promise<void> | undefined
 
@@ -153,8 +159,10 @@ export class MetagridNode {
     this.metrics = metrics
     const startedAt = Date.now()
 
-    this.mesh = new Mesh({ libp2p, privateKey, loadSources: { queueLength: () => this.inFlight.count }, metrics, logger },
-      { telemetry: config.telemetry, probes: config.probes, membership: config.membership })
+    this.mesh = new Mesh({ libp2p, privateKey, loadSources: { queueLength: () => this.inFlight.count }, loop: this.loop, metrics, logger }, {
+      telemetry: config.telemetry,
+      membership: { probeIntervalMs: config.probes.intervalMs, probeTimeoutMs: config.probes.timeoutMs, indirect: config.probes.indirect, ...config.membership }
+    })
     const bootstrap = new BootstrapKeeper({ libp2p, metrics, logger }, { ...defaultBootstrapOptions, addrs: config.bootstrap })
     this.catalog = new Catalog({
       libp2p,
@@ -210,6 +218,7 @@ export class MetagridNode {
         policy,
         federation,
         votes: database.sublevel(SUBLEVELS.placement),
+        loop: this.loop,
         // Served shards take writes from nodes the federation policy trusts; system shards from anyone, under their ownership rules.
         fallbackAuthority: openAuthority((peer, shard) => shard.startsWith('sys.') || this.placement?.mayHost(peer) !== false),
         metrics,
@@ -219,6 +228,8 @@ export class MetagridNode {
         params: { ...defaultPlacementParams, replicas: placement.replicas, epsilon: placement.epsilon, scoreStep: placement.scoreStep, rttScaleMs: placement.rttScaleMs, weights: placement.weights },
         leaseMs: placement.leaseMs,
         marginMs: placement.marginMs,
+        liveness: placement.liveness,
+        writeTimeoutMs: placement.writeTimeoutMs,
         tickMs: placement.tickMs,
         minGain: placement.minGain,
         minHoldMs: placement.minHoldMs,
@@ -302,6 +313,16 @@ export class MetagridNode {
               } catch (err) {
                 throw err instanceof NotHostError ? notHost(err) : err
               }
+            },
+            writeConcern: async (shard: string) => {
+              try {
+                await placementPart.writeConcern(shard)
+              } catch (err) {
+                if (!(err instanceof WriteConcernError)) throw err
+                // The write is durable here and may yet reach the others: its outcome is unknown, not failed.
+                if (err.code === 'FENCED') throw new ApiError(421, 'NOT_HOST', `${err.message}; the write was not acknowledged and may or may not survive`)
+                throw new ApiError(503, 'WRITE_NOT_REPLICATED', err.message)
+              }
             }
           }
         : {})
@@ -365,8 +386,16 @@ export class MetagridNode {
     const { certificate, privateNetworkKey } = await readFederationFiles(config)
     const database = await Database.open(config.dataDir)
     try {
-      const datastore = new LevelDatastore(database.sublevel(SUBLEVELS.libp2p) as unknown as Level<string, Uint8Array>)
-      await datastore.open()
+      const level = new LevelDatastore(database.sublevel(SUBLEVELS.libp2p) as unknown as Level<string, Uint8Array>)
+      await level.open()
+      // DHT records and provider records persist in LevelDB. The peer store lives in memory: libp2p merges a
+      // peer's protocols into it on every stream it opens or accepts, and in LevelDB that cost a read and a
+      // write per stream, the largest share of an idle node's CPU. Peers are found again after a restart
+      // through the bootstrap list, the DHT and gossip.
+      const datastore = new MountDatastore([
+        { prefix: new Key('/peers'), datastore: new MemoryDatastore() },
+        { prefix: new Key('/'), datastore: level }
+      ])
       const metrics = new Metrics()
       metrics.buildInfo.set({ version: VERSION, node: process.version }, 1)
       const libp2p = await createMetagridLibp2p({

@@ -13,6 +13,9 @@ export const SYNC_PROTOCOL = '/metagrid/sync/2.0.0'
 /** Signed load reports. */
 export const TELEMETRY_TOPIC = '/metagrid/telemetry/1'
 
+/** Membership claims (alive, suspect, dead, with the subject's incarnation), signed by their origin. */
+export const MEMBERS_TOPIC = '/metagrid/members/1'
+
 /** CRDT deltas for one shard (or shard group). */
 export function shardTopic (shardId: string): string {
   return `/metagrid/shard/${shardId}/2`
@@ -34,7 +37,13 @@ export const PROBE_PROTOCOL = '/metagrid/probe/1.0.0'
 export const PROBE_PING_PREFIX = 'metagrid'
 
 /** Lease votes and shard handoffs between placement peers. */
-export const LEASE_PROTOCOL = '/metagrid/lease/2.0.0'
+export const LEASE_PROTOCOL = '/metagrid/lease/3.0.0'
+
+/** A lease holder's keepalives to its voters: one long-lived stream per voter, whatever the number of shards. */
+export const KEEPALIVE_PROTOCOL = '/metagrid/keepalive/1.0.0'
+
+/** A host's writes to its voters, answered once durable there (the majority write concern). */
+export const REPLICATE_PROTOCOL = '/metagrid/replicate/1.0.0'
 
 /** The system shard every node replicates: signed descriptors of placement candidates and the lease table. */
 export const PLACEMENT_SHARD = 'sys.placement'

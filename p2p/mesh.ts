@@ -1,12 +1,13 @@
 /**
- * The node's view of the mesh: load reports (telemetry), latency probes and
- * network coordinates, and membership, wired together. Reports and probes
- * prove members alive; probes feed the coordinate; forgotten members are
+ * The node's view of the mesh: load reports (telemetry), membership with its
+ * probes, and network coordinates, wired together. Reports introduce
+ * members; membership's probes feed the coordinate; forgotten members are
  * dropped everywhere.
  */
 import { VivaldiClient, estimateRtt, type Coordinate } from './coordinates/vivaldi.ts'
+import { LoopMonitor } from './health/loop-monitor.ts'
 import { Membership, type MemberState, type MembershipOptions } from './membership/membership.ts'
-import { Prober, type ProberOptions } from './membership/prober.ts'
+import { Prober } from './membership/prober.ts'
 import { handleProbes } from './membership/probe-protocol.ts'
 import { PROBE_PROTOCOL } from './constants.ts'
 import { LoadSampler, type LoadSources } from './telemetry/load-sampler.ts'
@@ -19,14 +20,15 @@ import type { PrivateKey } from '@libp2p/interface'
 
 export interface MeshOptions {
   telemetry: TelemetryOptions
-  probes: ProberOptions
-  membership: Omit<MembershipOptions, 'tickMs'>
+  membership: MembershipOptions
 }
 
 export interface MeshComponents {
   libp2p: MetagridLibp2p
   privateKey: PrivateKey
   loadSources?: Partial<LoadSources>
+  /** This process's event-loop stall monitor, shared with whoever else judges by timeouts. */
+  loop: LoopMonitor
   metrics: P2pMetrics | null
   logger: Logger
 }
@@ -71,25 +73,16 @@ export class Mesh {
       metrics,
       logger
     }, options.telemetry)
-    this.membership = new Membership({
-      check: async (peerId) => this.prober.check(peerId),
-      now: Date.now,
-      metrics,
-      logger
-    }, {
-      ...options.membership,
-      tickMs: Math.max(50, Math.min(options.membership.suspectAfterMs, options.membership.deadAfterMs) / 4)
-    })
     this.prober = new Prober({
       libp2p,
-      membership: this.membership,
       vivaldi: this.vivaldi,
       coordinateOf: (peerId) => this.telemetry.latest(peerId)?.report.coordinate,
       metrics,
       logger
-    }, options.probes)
+    })
+    this.membership = new Membership({ libp2p, prober: this.prober, loop: components.loop, now: Date.now, metrics, logger }, options.membership)
 
-    this.telemetry.addEventListener('report', (event) => { this.membership.heard(event.detail.peerId, 'report') })
+    this.telemetry.addEventListener('report', (event) => { this.membership.heard(event.detail.peerId) })
     this.membership.addEventListener('member:forgotten', (event) => {
       this.telemetry.forget(event.detail.peerId)
       this.prober.forget(event.detail.peerId)
@@ -105,11 +98,9 @@ export class Mesh {
     })
     this.telemetry.start()
     this.membership.start()
-    this.prober.start()
   }
 
   async stop (): Promise<void> {
-    this.prober.stop()
     this.membership.stop()
     this.telemetry.stop()
     await this.components.libp2p.unhandle(PROBE_PROTOCOL)

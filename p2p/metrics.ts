@@ -16,6 +16,8 @@ export interface P2pMetrics {
   probeFailures: Counter<'kind'>
   members: Gauge<'state'>
   memberTransitions: Counter<'to'>
+  memberClaims: Counter<'kind'>
+  localHealth: Gauge
   bootstrapDials: Counter<'result'>
   catalogRejected: Counter<'reason'>
   catalogPublished: Counter<'result'>
@@ -36,4 +38,6 @@ export interface P2pMetrics {
   placementOverflow: Gauge
   placementUnheld: Gauge
   entityHandoffs: Counter<'result'>
+  keepaliveFailures: Counter<'reason'>
+  writeConcern: Histogram<'result'>
 }

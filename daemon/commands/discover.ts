@@ -79,6 +79,7 @@ export async function discoverCommand (args: string[], io: CommandIO): Promise<E
     io.stdout.write(`${JSON.stringify(answer, null, 2)}\n`)
     return ExitCode.OK
   }
+  if (answer.note != null) io.stdout.write(`${answer.note.code}: ${answer.note.message}\n`)
   io.stdout.write(`${answer.results.length} of ${answer.candidates} candidate${answer.candidates === 1 ? '' : 's'} (first answer ${answer.timings.firstMs ?? '-'} ms, complete ${answer.timings.completeMs} ms)\n\n`)
   io.stdout.write(renderTable(
     ['#', 'peer', 'rtt', 'load', 'cost/h', 'region', 'cpu', 'accelerators', 'models'],

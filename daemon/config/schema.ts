@@ -66,23 +66,24 @@ const telemetrySchema = z.strictObject({
 })
 
 const probesSchema = z.strictObject({
-  /** One ping a second is enough for Vivaldi to settle in a few minutes and costs ~100 bytes/s. */
-  intervalMs: z.int().min(50).max(600_000).default(1_000),
-  /** A ping slower than this counts as failed; well above any terrestrial RTT. */
-  timeoutMs: z.int().min(100).max(60_000).default(2_000),
-  /** Peers asked to ping a silent member before it is suspected (SWIM's k). */
+  /** SWIM's protocol period: one member probed per interval (a libp2p ping whose RTT also feeds the coordinate). */
+  intervalMs: z.int().min(50).max(600_000).default(500),
+  /** A direct probe unanswered this long failed and indirect probes follow; Lifeguard stretches it on a slow node. Well above a continental RTT. */
+  timeoutMs: z.int().min(20).max(60_000).default(300),
+  /** Peers asked to probe a member that failed a direct probe before it is suspected (SWIM's k). */
   indirect: z.int().min(0).max(16).default(3)
-})
+}).refine((p) => p.timeoutMs < p.intervalMs, { error: 'probes.timeoutMs must be under probes.intervalMs' })
 
 const membershipSchema = z.strictObject({
-  /** Silence longer than this (no report, no successful probe) starts a direct-then-indirect check. Three report intervals. */
-  suspectAfterMs: z.int().min(100).max(3_600_000).default(6_000),
-  /** A suspect that nobody (us or the peers we ask) can reach for this long is declared dead. */
-  deadAfterMs: z.int().min(100).max(3_600_000).default(10_000),
+  /** Lifeguard's α: the shortest suspicion is α · max(1, log10 N) probe intervals (2 s at 10 nodes with the defaults). */
+  suspicionMult: z.int().min(1).max(100).default(4),
+  /** Lifeguard's β: an unconfirmed suspicion lasts β times the shortest. */
+  suspicionMaxMult: z.int().min(1).max(100).default(6),
+  /** Lifeguard's S: a slow node stretches its probe interval and timeouts up to S + 1 times. */
+  maxHealth: z.int().min(0).max(64).default(8),
   /** Dead members are listed this long, then forgotten. */
   forgetAfterMs: z.int().min(1_000).max(86_400_000).default(600_000)
 })
-
 
 /** Shard ids name gossip topics and database keys: short, and no separators beyond . _ - */
 export const shardId = z.string().regex(/^[a-z0-9][a-z0-9._-]{0,63}$/, { error: 'expected a shard id such as world-3-7 (lowercase letters, digits, . _ -, at most 64)' })
@@ -124,8 +125,19 @@ const placementSchema = z.strictObject({
     reliability: z.number().min(0).max(100).default(0.5),
     cost: z.number().min(0).max(100).default(0.25)
   }).prefault({}),
-  /** A lease runs this long; the holder renews when half of it is left. Failover after a crash takes about this long. */
-  leaseMs: z.int().min(1_000).max(3_600_000).default(15_000),
+  /**
+   * A lease's term: the holder renews it (one signed vote round per shard) when half is left. Failover does not wait for
+   * it: voters grant a silent holder's shards to another after `liveness.timeoutMs`.
+   */
+  leaseMs: z.int().min(1_000).max(3_600_000).default(300_000),
+  liveness: z.strictObject({
+    /** A lease holder sends each of its voters a keepalive this often (one stream per voter, whatever the number of shards). */
+    intervalMs: z.int().min(10).max(60_000).default(250),
+    /** A voter grants a holder's shards to another after this much silence on its own clock: the failover time after a crash. */
+    timeoutMs: z.int().min(100).max(600_000).default(1_500)
+  }).prefault({}).refine((l) => l.intervalMs * 3 <= l.timeoutMs, { error: 'placement.liveness.intervalMs must be at most a third of placement.liveness.timeoutMs' }),
+  /** A write to a layer with the majority write concern that a majority of voters do not hold within this long is answered 503 WRITE_NOT_REPLICATED. */
+  writeTimeoutMs: z.int().min(10).max(60_000).default(2_000),
   /** Clock difference tolerated between nodes: a holder stops this long before its lease expires, voters wait this long after. */
   marginMs: z.int().min(0).max(60_000).default(1_000),
   /** How often placement is recomputed and leases are looked after. */

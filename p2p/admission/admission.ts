@@ -38,7 +38,7 @@ import type { ShardStore } from '../../storage/shard-store.ts'
 import type { P2pMetrics } from '../metrics.ts'
 
 /** The ways a remote change reaches a node; a bounded label. */
-export type AdmissionPath = 'gossip' | 'sync' | 'handoff'
+export type AdmissionPath = 'gossip' | 'sync' | 'handoff' | 'replicate'
 
 export interface AdmissionOptions {
   /** Largest encoded size of one component value (checkJson): the limit local writes are held to applies to writes from anywhere. */

@@ -62,6 +62,8 @@ export interface DiscoveryAnswer {
   /** Candidates whose descriptor was missing, invalid or did not satisfy the query. */
   skipped: number
   timings: { firstMs: number | null, completeMs: number }
+  /** Why the answer is empty without asking anyone, when it is (`NO_PEERS`: nobody to ask). */
+  note?: { code: 'NO_PEERS', message: string }
 }
 
 export interface DiscoveryComponents {
@@ -218,6 +220,17 @@ export class Discovery {
 
   async discover (query: DiscoveryQuery, onResult?: (result: DiscoveryResult) => void): Promise<DiscoveryAnswer> {
     const started = performance.now()
+    // With nobody to ask, the DHT query would only wait out its timeout: answer at once, and say why.
+    const routingTable = (this.components.libp2p.services.dht as unknown as { routingTable?: { size: number } }).routingTable
+    if ((routingTable?.size ?? 0) === 0 && this.components.libp2p.getConnections().length === 0) {
+      return {
+        results: [],
+        candidates: 0,
+        skipped: 0,
+        timings: { firstMs: null, completeMs: Math.round(performance.now() - started) },
+        note: { code: 'NO_PEERS', message: 'this node has no peers to ask: start it with --bootstrap (or METAGRID_BOOTSTRAP) to join a mesh' }
+      }
+    }
     const signal = AbortSignal.timeout(this.options.timeoutMs)
     const results: DiscoveryResult[] = []
     let firstMs: number | null = null

@@ -1,37 +1,39 @@
 /**
- * Who is alive, as this node sees it: SWIM-style failure detection with
- * Lifeguard's first lesson, never evict on one missed probe.
+ * Who is alive, as this node sees it: the SWIM and Lifeguard state machine
+ * (swim.ts) driven over libp2p.
  *
- * - A member is **alive** while it is heard from: a valid load report
- *   (which reaches us through the gossip mesh even when our own link to it
- *   is down), or a successful probe, direct or through another peer.
- * - After `suspectAfterMs` of silence, or when a probe fails, the member is
- *   **checked**: a direct ping, then indirect pings through `k` other
- *   members. Only when all of them fail does it become **suspect**.
- * - A suspect that stays unreachable for `deadAfterMs` (it is re-checked
- *   meanwhile) is **dead**. Any report or successful probe makes it alive
- *   again at once: suspicion is cheap to refute.
- * - Dead members are forgotten after `forgetAfterMs`.
+ * - Probes are libp2p pings (their RTT feeds the coordinate) and indirect
+ *   probes through other members (probe-protocol.ts).
+ * - Claims (alive, suspect, dead, with the subject's incarnation) travel on
+ *   the gossipsub topic `/metagrid/members/1`, signed by their origin; every
+ *   claim passes the topic's validator, which hands it to the state machine
+ *   and refuses what it finds implausible.
+ * - A closed connection triggers a probe of that peer at once; signed load
+ *   reports introduce members and let a member that missed a claim about
+ *   itself hear it again.
+ * - The event loop's own stalls (loop-monitor.ts) feed the local health.
  *
  * Events (`member:alive`, `member:suspect`, `member:dead`, `member:forgotten`)
  * carry the peer id and the reason, for placement and the API.
  */
+import * as dagCbor from '@ipld/dag-cbor'
+import { peerIdFromMultihash, peerIdFromString } from '@libp2p/peer-id'
 import { TypedEventEmitter } from 'main-event'
+import * as Digest from 'multiformats/hashes/digest'
+import { MEMBERS_TOPIC } from '../constants.ts'
+import { reject, ignore } from '../admission/refusal.ts'
+import { topicValidator } from '../gossip/validation.ts'
+import { Swim, type Claim, type ClaimKind, type MemberState, type MemberView, type SwimAction, type SwimOptions } from './swim.ts'
+import type { LoopMonitor } from '../health/loop-monitor.ts'
+import type { Prober } from './prober.ts'
+import type { MetagridLibp2p } from '../libp2p.ts'
 import type { Logger } from '../logger.ts'
 import type { P2pMetrics } from '../metrics.ts'
+import type { PeerId } from '@libp2p/interface'
 
-export type MemberState = 'alive' | 'suspect' | 'dead'
+export type { MemberState } from './swim.ts'
 
-export interface Member {
-  peerId: string
-  state: MemberState
-  /** Last time (ms, local clock) anything proved the member alive. */
-  lastHeard: number
-  /** When the member entered its current state. */
-  since: number
-  /** What last changed its state. */
-  reason: string
-}
+export type Member = MemberView
 
 export interface MemberEvent {
   peerId: string
@@ -46,165 +48,220 @@ export interface MembershipEvents {
   'member:forgotten': CustomEvent<MemberEvent>
 }
 
-export interface MembershipOptions {
-  suspectAfterMs: number
-  deadAfterMs: number
-  forgetAfterMs: number
-  /** How often timers are evaluated. A quarter of the shortest timeout keeps detection within 25% of the configured time. */
-  tickMs: number
-}
-
-/** How a member was proved reachable by a check, or null when nobody could reach it. */
-export type CheckResult = 'direct' | 'indirect' | null
+export type MembershipOptions = Pick<SwimOptions, 'probeIntervalMs' | 'probeTimeoutMs' | 'indirect' | 'suspicionMult' | 'suspicionMaxMult' | 'maxHealth' | 'forgetAfterMs'>
 
 export interface MembershipComponents {
-  /** Direct ping, then indirect pings through other members. */
-  check: (peerId: string) => Promise<CheckResult>
+  libp2p: MetagridLibp2p
+  prober: Prober
+  loop: LoopMonitor
   now: () => number
   metrics: P2pMetrics | null
   logger: Logger
 }
 
-interface Tracked extends Member {
-  checking: boolean
-  lastCheck: number
+/** A claim is a few dozen bytes; anything longer is refused unread. */
+const MAX_CLAIM_BYTES = 256
+/** Claims one origin may publish per second (a refutation storm is a few), and in a burst. */
+const CLAIMS_PER_S = 20
+const CLAIM_BURST = 40
+const KIND_CODES: Record<ClaimKind, string> = { alive: 'a', suspect: 's', dead: 'd' }
+const CODE_KINDS: Record<string, ClaimKind> = { a: 'alive', s: 'suspect', d: 'dead' }
+
+export function encodeClaim (claim: Claim): Uint8Array {
+  return dagCbor.encode({ k: KIND_CODES[claim.kind], p: peerIdFromString(claim.subject).toMultihash().bytes, i: claim.incarnation })
 }
 
+/** Decodes a claim; throws a Refusal (reject) on anything malformed. */
+export function decodeClaim (bytes: Uint8Array): Claim {
+  if (bytes.byteLength > MAX_CLAIM_BYTES) throw reject('TOO_LARGE', `claim of ${bytes.byteLength} bytes`)
+  let value: unknown
+  try {
+    value = dagCbor.decode(bytes)
+  } catch {
+    throw reject('MALFORMED', 'claim is not DAG-CBOR')
+  }
+  const { k, p, i, ...rest } = (value ?? {}) as Record<string, unknown>
+  const kind = typeof k === 'string' ? CODE_KINDS[k] : undefined
+  if (typeof value !== 'object' || Object.keys(rest).length > 0 || kind == null || !(p instanceof Uint8Array) || !Number.isSafeInteger(i) || (i as number) < 0) {
+    throw reject('MALFORMED', 'claim fields missing or mistyped')
+  }
+  let subject: string
+  try {
+    subject = peerIdFromMultihash(Digest.decode(p)).toString()
+  } catch {
+    throw reject('BAD_PEER_ID', 'claim subject is not a peer id')
+  }
+  return { kind, subject, incarnation: i as number }
+}
+
+interface Bucket { tokens: number, at: number }
+
 export class Membership extends TypedEventEmitter<MembershipEvents> {
-  private readonly members = new Map<string, Tracked>()
   private readonly components: MembershipComponents
-  private readonly options: MembershipOptions
   private readonly log: Logger
+  private readonly swim: Swim
+  private readonly buckets = new Map<string, Bucket>()
+  private readonly maxMembers: number
   private timer: NodeJS.Timeout | undefined
+  private running = false
 
   constructor (components: MembershipComponents, options: MembershipOptions) {
     super()
     this.components = components
-    this.options = options
     this.log = components.logger.child({ component: 'metagrid:membership' })
+    // Incarnations start at the wall clock, so a restarted node outranks what it said before without storing anything.
+    this.swim = new Swim(components.libp2p.peerId.toString(), components.now(), options)
+    this.maxMembers = 10_000
+  }
+
+  private readonly onDisconnect = (event: CustomEvent<PeerId>): void => {
+    this.swim.disconnected(event.detail.toString(), this.components.now())
+    this.pump()
+  }
+
+  private readonly onStall = (event: CustomEvent<{ ms: number, endedAt: number }>): void => {
+    this.swim.stalled(event.detail.endedAt, event.detail.ms)
+    this.components.metrics?.localHealth.set(this.swim.localHealth)
+    this.pump()
   }
 
   start (): void {
-    this.timer = setInterval(() => { this.tick() }, this.options.tickMs)
+    const { libp2p, metrics } = this.components
+    const pubsub = libp2p.services.pubsub
+    pubsub.topicValidators.set(MEMBERS_TOPIC, topicValidator({
+      topicLabel: 'members',
+      validate: (message) => {
+        const from = message.from.toString()
+        if (!this.allow(from)) throw ignore('RATE_LIMITED', 'too many claims from this origin')
+        const claim = decodeClaim(message.data)
+        const verdict = this.swim.claim(from, claim, this.components.now())
+        this.pump()
+        if (verdict === 'implausible') throw reject('IMPLAUSIBLE', `${claim.kind} claim about ${claim.subject} at incarnation ${claim.incarnation}`)
+        if (verdict !== 'applied') throw ignore(verdict.toUpperCase(), `${claim.kind} claim not applied: ${verdict}`)
+        return claim
+      },
+      onAccept: () => {},
+      metrics,
+      logger: this.log
+    }))
+    pubsub.subscribe(MEMBERS_TOPIC)
+    libp2p.addEventListener('peer:disconnect', this.onDisconnect)
+    this.components.loop.addEventListener('stall', this.onStall as never)
+    this.components.loop.start()
+    this.running = true
+    this.pump()
   }
 
   stop (): void {
-    clearInterval(this.timer)
+    this.running = false
+    clearTimeout(this.timer)
     this.timer = undefined
+    const { libp2p } = this.components
+    libp2p.removeEventListener('peer:disconnect', this.onDisconnect)
+    this.components.loop.removeEventListener('stall', this.onStall as never)
+    libp2p.services.pubsub.unsubscribe(MEMBERS_TOPIC)
+    libp2p.services.pubsub.topicValidators.delete(MEMBERS_TOPIC)
   }
 
-  /** Evidence that `peerId` is alive: a valid report, or a successful probe. */
-  heard (peerId: string, reason: string): void {
-    const now = this.components.now()
-    const member = this.members.get(peerId)
-    if (member == null) {
-      this.members.set(peerId, { peerId, state: 'alive', lastHeard: now, since: now, reason, checking: false, lastCheck: 0 })
-      this.transition(peerId, null, 'alive', reason)
-      return
-    }
-    member.lastHeard = now
-    if (member.state !== 'alive') this.set(member, 'alive', reason)
-  }
-
-  /** A probe of a known member failed: check it now rather than waiting for its silence to time out. */
-  probeFailed (peerId: string): void {
-    const member = this.members.get(peerId)
-    if (member != null && member.state === 'alive') void this.runCheck(member)
+  /** Fresh evidence that `peerId` runs (a valid signed load report). */
+  heard (peerId: string): void {
+    this.swim.heard(peerId, this.components.now())
+    this.pump()
   }
 
   get (peerId: string): Member | undefined {
-    const member = this.members.get(peerId)
-    return member == null ? undefined : this.view(member)
+    return this.swim.get(peerId)
   }
 
   list (): Member[] {
-    return [...this.members.values()].map((member) => this.view(member))
+    return this.swim.list()
   }
 
   /** Members in the given states, for choosing whom to probe or ask. */
   peers (...states: MemberState[]): string[] {
-    return [...this.members.values()].filter((member) => states.includes(member.state)).map((member) => member.peerId)
+    return this.swim.peers(...states)
   }
 
-  /** Evaluates every member's timers; runs on an interval, and directly in tests. */
-  tick (): void {
+  /** Lifeguard's local health score (0 healthy, up to the configured ceiling). */
+  get localHealth (): number {
+    return this.swim.localHealth
+  }
+
+  get incarnation (): number {
+    return this.swim.incarnation
+  }
+
+  /** Runs the state machine's timers now, performs what it asks, and sets the timer for its next wakeup. */
+  private pump (): void {
+    if (!this.running) return
     const now = this.components.now()
-    for (const member of this.members.values()) {
-      switch (member.state) {
-        case 'alive':
-          if (now - member.lastHeard >= this.options.suspectAfterMs) void this.runCheck(member)
-          break
-        case 'suspect':
-          if (now - member.since >= this.options.deadAfterMs) {
-            this.set(member, 'dead', `unreachable for ${now - member.lastHeard} ms, directly and through peers`)
-          } else if (now - member.lastCheck >= Math.max(this.options.tickMs, this.options.deadAfterMs / 3)) {
-            void this.runCheck(member)
-          }
-          break
-        case 'dead':
-          if (now - member.since >= this.options.forgetAfterMs) {
-            this.members.delete(member.peerId)
-            this.emitEvent('member:forgotten', { peerId: member.peerId, previous: 'dead', reason: 'dead too long' })
-          }
-          break
+    this.swim.tick(now)
+    for (const action of this.swim.drain()) this.perform(action)
+    clearTimeout(this.timer)
+    const wait = Math.max(5, this.swim.nextWakeup(now) - now)
+    this.timer = setTimeout(() => { this.pump() }, wait)
+  }
+
+  private perform (action: SwimAction): void {
+    const { prober, metrics } = this.components
+    switch (action.t) {
+      case 'probe':
+        void prober.probe(action.peer, action.timeoutMs).then((ok) => {
+          this.components.loop.check()
+          this.swim.probeDone(action.id, { ok }, this.components.now())
+          this.pump()
+        })
+        break
+      case 'probe-indirect':
+        void prober.indirect(action.peer, action.helpers, action.timeoutMs).then((result) => {
+          this.components.loop.check()
+          this.swim.indirectDone(action.id, result, this.components.now())
+          this.pump()
+        })
+        break
+      case 'broadcast':
+        metrics?.memberClaims.inc({ kind: action.claim.kind })
+        void this.components.libp2p.services.pubsub.publish(MEMBERS_TOPIC, encodeClaim(action.claim)).catch((err) => {
+          // No peer subscribed yet (a lone node): nobody to tell.
+          this.log.debug({ code: 'CLAIM_PUBLISH', err, claim: action.claim.kind }, 'membership claim not published')
+        })
+        break
+      case 'changed': {
+        metrics?.memberTransitions.inc({ to: action.state })
+        const level = action.state === 'dead' ? 'warn' : action.state === 'suspect' ? 'info' : action.previous == null ? 'debug' : 'info'
+        this.log[level]({ peer: action.peer, previous: action.previous, state: action.state, reason: action.reason }, `member ${action.state}`)
+        this.safeDispatchEvent(`member:${action.state}`, { detail: { peerId: action.peer, previous: action.previous, reason: action.reason } })
+        this.updateGauges()
+        break
       }
-    }
-    this.updateGauges()
-  }
-
-  private async runCheck (member: Tracked): Promise<void> {
-    if (member.checking) return
-    member.checking = true
-    member.lastCheck = this.components.now()
-    let result: CheckResult = null
-    try {
-      result = await this.components.check(member.peerId)
-    } catch (err) {
-      this.log.warn({ code: 'MEMBER_CHECK_FAILED', err, peer: member.peerId }, 'member check failed unexpectedly')
-    } finally {
-      member.checking = false
-    }
-    if (this.members.get(member.peerId) !== member) return
-    if (result != null) {
-      this.heard(member.peerId, result === 'direct' ? 'probe' : 'indirect probe')
-      return
-    }
-    // A failed check alone does not make a suspect: only one that confirms a silence longer than the timeout.
-    const silentFor = this.components.now() - member.lastHeard
-    if (member.state === 'alive' && silentFor >= this.options.suspectAfterMs) {
-      this.set(member, 'suspect', `silent for ${silentFor} ms and unreachable directly and through peers`)
+      case 'forgotten':
+        this.buckets.delete(action.peer)
+        this.safeDispatchEvent('member:forgotten', { detail: { peerId: action.peer, previous: 'dead', reason: 'dead too long' } })
+        this.updateGauges()
+        break
     }
   }
 
-  private set (member: Tracked, state: MemberState, reason: string): void {
-    const previous = member.state
-    member.state = state
-    member.since = this.components.now()
-    member.reason = reason
-    this.transition(member.peerId, previous, state, reason)
-  }
-
-  private transition (peerId: string, previous: MemberState | null, state: MemberState, reason: string): void {
-    this.components.metrics?.memberTransitions.inc({ to: state })
-    const level = state === 'dead' ? 'warn' : state === 'suspect' ? 'info' : previous == null ? 'debug' : 'info'
-    this.log[level]({ peer: peerId, previous, state, reason }, `member ${state}`)
-    this.emitEvent(`member:${state}`, { peerId, previous, reason })
-    this.updateGauges()
-  }
-
-  private emitEvent (type: keyof MembershipEvents, detail: MemberEvent): void {
-    this.safeDispatchEvent(type, { detail })
+  /** Token bucket per claim origin (bounded: cleared when it would outgrow the member limit). */
+  private allow (origin: string): boolean {
+    const now = this.components.now()
+    let bucket = this.buckets.get(origin)
+    if (bucket == null) {
+      if (this.buckets.size >= this.maxMembers) this.buckets.clear()
+      bucket = { tokens: CLAIM_BURST, at: now }
+      this.buckets.set(origin, bucket)
+    }
+    bucket.tokens = Math.min(CLAIM_BURST, bucket.tokens + (now - bucket.at) * CLAIMS_PER_S / 1000)
+    bucket.at = now
+    if (bucket.tokens < 1) return false
+    bucket.tokens--
+    return true
   }
 
   private updateGauges (): void {
     const metrics = this.components.metrics
     if (metrics == null) return
-    const counts: Record<MemberState, number> = { alive: 0, suspect: 0, dead: 0 }
-    for (const member of this.members.values()) counts[member.state]++
-    for (const [state, value] of Object.entries(counts)) metrics.members.set({ state }, value)
-  }
-
-  private view (member: Tracked): Member {
-    return { peerId: member.peerId, state: member.state, lastHeard: member.lastHeard, since: member.since, reason: member.reason }
+    for (const [state, value] of Object.entries(this.swim.counts())) metrics.members.set({ state }, value)
+    metrics.localHealth.set(this.swim.localHealth)
   }
 }

@@ -1,31 +1,20 @@
 /**
- * Latency probes: every interval, ping the next member of a shuffled
- * round-robin over the mesh (SWIM's probe order: every member is probed once
- * per cycle, in an order nobody can predict). Each RTT feeds the Vivaldi
- * coordinate and the member's measured RTT; a failed ping asks membership to
- * check the member. `check()` is membership's direct-then-indirect probe.
+ * Probes as membership (swim.ts) asks for them: a direct ping, whose RTT also
+ * feeds the Vivaldi coordinate and the member's measured RTT, and indirect
+ * pings through helpers (SWIM's ping-req, probe-protocol.ts), which answer
+ * whether they reached the member (a nack when they could not).
  */
 import { peerIdFromString } from '@libp2p/peer-id'
 import { CoordinateError, type Coordinate, type VivaldiClient } from '../coordinates/vivaldi.ts'
 import { requestProbe } from './probe-protocol.ts'
-import { shuffle } from '../shuffle.ts'
 import { pingPeer } from '../ping.ts'
-import type { CheckResult, Membership } from './membership.ts'
 import type { MetagridLibp2p } from '../libp2p.ts'
 import type { Logger } from '../logger.ts'
 import type { P2pMetrics } from '../metrics.ts'
 import type { PeerId } from '@libp2p/interface'
 
-export interface ProberOptions {
-  intervalMs: number
-  timeoutMs: number
-  /** Helpers asked for an indirect probe (SWIM's k). */
-  indirect: number
-}
-
 export interface ProberComponents {
   libp2p: MetagridLibp2p
-  membership: Membership
   vivaldi: VivaldiClient
   /** The latest coordinate a peer reported, if any. */
   coordinateOf: (peerId: string) => Coordinate | undefined
@@ -35,30 +24,23 @@ export interface ProberComponents {
 
 /** Samples kept per peer for the measured RTT shown to operators (median). */
 const RTT_SAMPLES = 5
+/**
+ * A probe of a peer with no connection dials first, under this timeout of its
+ * own: a handshake on a loaded machine can take longer than a probe timeout,
+ * and says nothing about whether the peer runs (a dead one refuses at once).
+ */
+const DIAL_TIMEOUT_MS = 3_000
 
 export class Prober {
   private readonly components: ProberComponents
-  private readonly options: ProberOptions
   private readonly log: Logger
   private readonly samples = new Map<string, number[]>()
   /** At most one ping per peer in flight (the ping protocol allows one outbound stream); callers share it. */
   private readonly inFlight = new Map<string, Promise<number>>()
-  private order: string[] = []
-  private timer: NodeJS.Timeout | undefined
 
-  constructor (components: ProberComponents, options: ProberOptions) {
+  constructor (components: ProberComponents) {
     this.components = components
-    this.options = options
     this.log = components.logger.child({ component: 'metagrid:prober' })
-  }
-
-  start (): void {
-    this.timer = setInterval(() => { void this.probeNext() }, this.options.intervalMs)
-  }
-
-  stop (): void {
-    clearInterval(this.timer)
-    this.timer = undefined
   }
 
   /** Median of the recent RTT samples to `peerId`, ms. */
@@ -75,34 +57,27 @@ export class Prober {
   }
 
   /** Pings one peer; throws when the ping fails. Concurrent calls for the same peer share one ping. */
-  async ping (peer: PeerId, timeoutMs = this.options.timeoutMs): Promise<number> {
+  async ping (peer: PeerId, timeoutMs: number): Promise<number> {
     const key = peer.toString()
     const pending = this.inFlight.get(key)
     if (pending != null) return pending
-    const ping = pingPeer(this.components.libp2p, peer, timeoutMs)
-      .finally(() => { this.inFlight.delete(key) })
+    const { libp2p } = this.components
+    const ping = (async () => {
+      if (libp2p.getConnections(peer).length === 0) await libp2p.dial(peer, { signal: AbortSignal.timeout(DIAL_TIMEOUT_MS) })
+      return pingPeer(libp2p, peer, timeoutMs)
+    })().finally(() => { this.inFlight.delete(key) })
     this.inFlight.set(key, ping)
     return ping
   }
 
-  private nextTarget (): string | undefined {
-    const candidates = new Set(this.components.membership.peers('alive', 'suspect'))
-    this.order = this.order.filter((peer) => candidates.has(peer))
-    if (this.order.length === 0) {
-      this.order = shuffle([...candidates])
-    }
-    return this.order.shift()
-  }
-
-  private async probeNext (): Promise<void> {
-    const target = this.nextTarget()
-    if (target == null) return
+  /** A direct probe: true when the peer answered in time (its RTT is recorded). */
+  async probe (peerId: string, timeoutMs: number): Promise<boolean> {
     try {
-      this.record(target, await this.ping(peerIdFromString(target)))
-      this.components.membership.heard(target, 'probe')
+      this.record(peerId, await this.ping(peerIdFromString(peerId), timeoutMs))
+      return true
     } catch {
       this.components.metrics?.probeFailures.inc({ kind: 'direct' })
-      this.components.membership.probeFailed(target)
+      return false
     }
   }
 
@@ -124,20 +99,18 @@ export class Prober {
     }
   }
 
-  /** Membership's check: a direct ping, then up to `indirect` helpers asked to ping for us. */
-  async check (peerId: string): Promise<CheckResult> {
+  /** Asks each helper to ping `peerId` for us: how many reached it, and how many answered that they could not (nacks). */
+  async indirect (peerId: string, helpers: string[], timeoutMs: number): Promise<{ asked: number, acks: number, nacks: number }> {
     const target = peerIdFromString(peerId)
-    try {
-      this.record(peerId, await this.ping(target))
-      return 'direct'
-    } catch {
-      this.components.metrics?.probeFailures.inc({ kind: 'direct' })
+    const answers = await Promise.allSettled(helpers.map(async (helper) => requestProbe(this.components.libp2p, peerIdFromString(helper), target, timeoutMs)))
+    let acks = 0
+    let nacks = 0
+    for (const answer of answers) {
+      if (answer.status !== 'fulfilled') continue
+      if (answer.value != null) acks++
+      else nacks++
     }
-    const asked = shuffle(this.components.membership.peers('alive').filter((peer) => peer !== peerId)).slice(0, this.options.indirect)
-    if (asked.length === 0) return null
-    const answers = await Promise.allSettled(asked.map(async (helper) => requestProbe(this.components.libp2p, peerIdFromString(helper), target, this.options.timeoutMs)))
-    if (answers.some((answer) => answer.status === 'fulfilled' && answer.value != null)) return 'indirect'
-    this.components.metrics?.probeFailures.inc({ kind: 'indirect' })
-    return null
+    if (acks === 0) this.components.metrics?.probeFailures.inc({ kind: 'indirect' })
+    return { asked: helpers.length, acks, nacks }
   }
 }

@@ -2,11 +2,15 @@
  * This node's side of the leases (lease.ts): the shards it holds, and what it
  * does for each every round:
  *
- * - the desired host of a shard with no lease, or whose lease lapsed, claims
- *   the next epoch (after pulling the shard's state from the previous voters);
- * - a holder renews at half the lease time, moves to a new voter set when
- *   the assignment's replicas change, and steps down when a voter says a
- *   newer epoch exists;
+ * - the desired host of a shard with no lease, or whose holder went silent,
+ *   claims the next epoch, then pulls the shard's state from a majority of
+ *   the previous voters that granted it (frozen at that epoch by their
+ *   grant, so it holds every write the majority write concern answered)
+ *   before it serves;
+ * - a holder keeps its leases by keepalives to its voters (liveness.ts), one
+ *   stream per voter whatever the number of shards; it renews a lease's term
+ *   at half of it (minutes), moves to a new voter set when the assignment's
+ *   replicas change, and steps down when a voter says a newer epoch exists;
  * - a holder whose shard would do clearly better elsewhere (hysteresis.ts)
  *   hands it off: it stops taking writes, signs a release, and the new host
  *   pulls the state and claims the next epoch with that release.
@@ -18,6 +22,9 @@ import { peerIdFromString } from '@libp2p/peer-id'
 import { LEASE_PROTOCOL } from '../constants.ts'
 import { encodeLeaseRecord, hasQuorum, LeaseVoter, openRelease, signLease, signRelease, VOTE_REFUSALS, type ClaimCheck, type LeaseTerms, type VerifiedLease, type Vote } from './lease.ts'
 import { handleLeaseProtocol, requestHandoff, VoteRequests, type HandoffAnswer } from './lease-protocol.ts'
+import { handleKeepalives, HolderLiveness, VoterLiveness, type LivenessOptions } from './liveness.ts'
+import { KEEPALIVE_PROTOCOL } from '../constants.ts'
+import type { LoopMonitor } from '../health/loop-monitor.ts'
 import type { Assignment } from './assign.ts'
 import type { PlacementTable } from './placement-table.ts'
 import type { ShardInfo } from './world.ts'
@@ -31,12 +38,18 @@ import type { PeerId, PrivateKey } from '@libp2p/interface'
 
 const VOTE_TIMEOUT_MS = 2_000
 const SYNC_BEFORE_SERVE_MS = 3_000
+/** A claim refused as HELD by a voter that would grant within this long waits and asks again, rather than a whole round later. */
+const MAX_HELD_WAIT_MS = 2_000
+const MAX_CLAIM_ATTEMPTS = 3
 /** After a failed planned handoff, the shard is not offered again for this long (the target may not know the lease yet). */
 const HANDOFF_RETRY_MS = 5_000
+/** How long the target of a handoff waits for the lease being released to reach its table. */
+const LEASE_ARRIVAL_MS = 2_000
 
 export interface LeaseKeeperOptions {
   leaseMs: number
   marginMs: number
+  liveness: LivenessOptions
 }
 
 export interface LeaseKeeperComponents {
@@ -53,6 +66,9 @@ export interface LeaseKeeperComponents {
   leaseOf: (shard: string) => VerifiedLease | undefined
   /** Takes a lease this node just stored as accepted (it was granted, so it is). */
   adopt: (lease: VerifiedLease) => void
+  /** A holder of a lease this node promised went silent: placement looks at its shards now rather than next round. */
+  onHolderSilent: (holder: string) => void
+  loop: LoopMonitor | null
   metrics: P2pMetrics | null
   logger: Logger
 }
@@ -65,6 +81,10 @@ export class LeaseKeeper {
   private readonly log: Logger
   private readonly voter: LeaseVoter
   private readonly votes: VoteRequests
+  private readonly voterLiveness: VoterLiveness
+  private readonly holderLiveness: HolderLiveness
+  /** Held shards whose state was pulled from a majority of the previous voters: only those are served. */
+  private readonly synced = new Set<string>()
   private readonly self: string
   private readonly held = new Map<string, { terms: LeaseTerms, record: Uint8Array }>()
   private readonly busy = new Set<string>()
@@ -73,6 +93,8 @@ export class LeaseKeeper {
   private readonly handingOff = new Set<string>()
   /** When the last planned handoff of a shard failed (only shards this node holds). */
   private readonly handoffFailed = new Map<string, number>()
+  /** Shards whose handoff failed: served again only under a next epoch of our own. */
+  private readonly reclaiming = new Set<string>()
 
   constructor (components: LeaseKeeperComponents, options: LeaseKeeperOptions) {
     this.components = components
@@ -81,9 +103,17 @@ export class LeaseKeeper {
     this.self = components.libp2p.peerId.toString()
     this.voter = new LeaseVoter(components.votes, components.privateKey, { maxLeaseMs: options.leaseMs, marginMs: options.marginMs }, components.checkClaim)
     this.votes = new VoteRequests(components.libp2p, VOTE_TIMEOUT_MS)
+    this.voterLiveness = new VoterLiveness(this.self, options.liveness, (peer) => this.voter.isHolder(peer), components.loop, (shard, epoch) => this.held.get(shard)?.terms.epoch === epoch)
+    this.voter.setSilence(this.voterLiveness)
+    this.holderLiveness = new HolderLiveness(components.libp2p, options.liveness, () => this.keepaliveTargets(), components.metrics, components.logger)
+    this.voterLiveness.addEventListener('lapsed', (event) => { components.onHolderSilent(event.detail.holder) })
   }
 
   async start (world: { shard: (id: string) => ShardInfo | undefined }): Promise<void> {
+    await this.voter.load()
+    await handleKeepalives(this.components.libp2p, this.voterLiveness, this.components.metrics, this.components.logger)
+    this.voterLiveness.start(() => this.voter.holderIds())
+    this.holderLiveness.start()
     await handleLeaseProtocol(this.components.libp2p, {
       claim: async (lease, release) => this.voter.vote(lease, release),
       handoff: async (shard, release, from) => {
@@ -94,13 +124,58 @@ export class LeaseKeeper {
   }
 
   async stop (): Promise<void> {
+    this.holderLiveness.stop()
+    this.voterLiveness.stop()
     await this.components.libp2p.unhandle(LEASE_PROTOCOL).catch(() => {})
+    await this.components.libp2p.unhandle(KEEPALIVE_PROTOCOL).catch(() => {})
   }
 
-  /** The lease this node holds for a shard and may serve under now. */
+  /**
+   * The lease this node holds for a shard and may serve under now: within
+   * its term, its state pulled from the previous voters, and a majority of
+   * its voters answering keepalives (this node is one of them).
+   */
   holding (shard: string): LeaseTerms | undefined {
     const held = this.held.get(shard)
-    return held != null && Date.now() < held.terms.expiresAt - this.options.marginMs ? held.terms : undefined
+    if (held == null || !this.synced.has(shard) || Date.now() >= held.terms.expiresAt - this.options.marginMs) return undefined
+    const { voters } = held.terms
+    const fresh = voters.filter((voter) => voter === this.self || this.holderLiveness.fresh(voter)).length
+    return fresh * 2 > voters.length ? held.terms : undefined
+  }
+
+  /** Whether the holder of a lease this node promised has gone silent past the liveness timeout (its shards may be claimed). */
+  holderSilent (holder: string): boolean {
+    return this.voter.isHolder(holder) && this.voterLiveness.lapsed(holder)
+  }
+
+  /**
+   * Whether a lease this node is a voter of no longer stands: its holder went
+   * silent, or its holder's keepalives stopped listing it (it dropped the
+   * shard: a failed handoff, a lost renewal). Either way the voters would
+   * grant the next epoch, so the next candidate may claim it now.
+   */
+  leaseDown (lease: { shard: string, holder: string, epoch: number }): boolean {
+    return this.voter.promiseStands(lease.shard, lease.holder, lease.epoch) === false || this.holderSilent(lease.holder)
+  }
+
+  /** The epoch this node promised for a shard as a voter (0 for none): the replicate protocol's fence. */
+  promisedEpoch (shard: string): number {
+    return this.voter.promisedEpoch(shard)
+  }
+
+  /** Every voter of the leases this node holds (itself excluded), with the (shard, epoch) held with it: whom it sends keepalives, and what they say. */
+  private keepaliveTargets (): Map<string, Array<[string, number]>> {
+    const targets = new Map<string, Array<[string, number]>>()
+    for (const { terms } of this.held.values()) {
+      for (const voter of terms.voters) {
+        if (voter === this.self) continue
+        let list = targets.get(voter)
+        if (list == null) targets.set(voter, list = [])
+        list.push([terms.shard, terms.epoch])
+      }
+    }
+    for (const list of targets.values()) list.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : a[1] - b[1]))
+    return targets
   }
 
   heldShards (): string[] {
@@ -154,14 +229,16 @@ export class LeaseKeeper {
   }
 
   /** Runs a vote round on a signed lease; resolves to the record when a majority of voters and previous voters granted it. */
-  private async collect (terms: LeaseTerms, release?: Uint8Array): Promise<{ record?: Uint8Array, refusals: Vote[] }> {
-    const lease = await signLease(this.components.privateKey, terms, Date.now())
+  private async collect (terms: LeaseTerms, release?: Uint8Array): Promise<{ record?: Uint8Array, refusals: Vote[], granted: Set<string> }> {
+    const sentAt = Date.now()
+    const lease = await signLease(this.components.privateKey, terms, sentAt)
     const electorate = [...new Set([...terms.voters, ...terms.prev])]
     const votes = await Promise.all(electorate.map(async (peer): Promise<[string, Vote | null]> => {
       if (peer === this.self) return [peer, await this.voter.vote(lease, release)]
       try {
         return [peer, await this.votes.request(peerIdFromString(peer), lease, release)]
-      } catch {
+      } catch (err) {
+        this.log.debug({ code: 'VOTE_UNANSWERED', shard: terms.shard, voter: peer, reason: (err as Error).name }, 'a voter did not answer')
         return [peer, null]
       }
     }))
@@ -172,12 +249,14 @@ export class LeaseKeeper {
       if (vote?.ok === true) {
         granted.add(peer)
         grants.push(vote.grant)
+        // The voter counts the grant as hearing from us, from when it granted: from when we asked, to be safe.
+        if (peer !== this.self) this.holderLiveness.granted(peer, sentAt)
       } else if (vote != null) {
         refusals.push(vote)
       }
     }
-    if (!hasQuorum(terms, granted)) return { refusals }
-    return { record: encodeLeaseRecord(lease, grants), refusals }
+    if (!hasQuorum(terms, granted)) return { refusals, granted }
+    return { record: encodeLeaseRecord(lease, grants), refusals, granted }
   }
 
   /** Claims the next epoch of a shard; `known` is its current lease, `release` its holder's signed release (a handoff). */
@@ -186,26 +265,86 @@ export class LeaseKeeper {
     // Previous voters our membership view holds dead are left out: a voter set whose majority died
     // could otherwise never be replaced (availability over the last bit of safety; see the README).
     const prev = (known?.voters ?? []).filter((p) => p === this.self || this.components.membership.get(p)?.state !== 'dead')
-    // A voter may have promised a higher epoch than the table shows (a claim that failed half-way): start above it.
-    const epoch = Math.max(known?.epoch ?? 0, this.epochFloor.get(shard.id) ?? 0) + 1
-    // Take the state before taking the shard: pull from the previous voters that answer.
-    if (known != null && known.holder !== this.self) await this.pullState(shard.id, [...new Set([...(release != null ? [known.holder] : []), ...prev])].filter((p) => p !== this.self))
-    const now = Date.now()
-    const terms: LeaseTerms = { shard: shard.id, epoch, holder: this.self, voters, prev, prevHolder: known?.holder ?? null, expiresAt: now + this.options.leaseMs, startedAt: now }
-    const { record, refusals } = await this.collect(terms, release)
     const metrics = this.components.metrics
-    this.learnEpochs(shard.id, refusals)
-    if (record == null) {
-      metrics?.placementClaims.inc({ kind: 'claim', result: refusalLabel(refusals) })
-      this.log.debug({ shard: shard.id, epoch, refusals: refusals.map((r) => (r.ok ? 'ok' : r.code)) }, 'lease claim failed')
-      return false
+    for (let attempt = 1; ; attempt++) {
+      // A voter may have promised a higher epoch than the table shows (a claim that failed half-way): start above it.
+      const epoch = Math.max(known?.epoch ?? 0, this.epochFloor.get(shard.id) ?? 0) + 1
+      const now = Date.now()
+      const terms: LeaseTerms = { shard: shard.id, epoch, holder: this.self, voters, prev, prevHolder: known?.holder ?? null, expiresAt: now + this.options.leaseMs, startedAt: now }
+      const { record, refusals, granted } = await this.collect(terms, release)
+      this.learnEpochs(shard.id, refusals)
+      if (record == null) {
+        // Voters that still hear the holder say when they would not: ask again then, rather than a whole round later.
+        const wait = Math.max(0, ...refusals.map((r) => (!r.ok && r.code === 'HELD' ? r.retryInMs ?? Number.POSITIVE_INFINITY : 0)))
+        const onlyHeld = refusals.length > 0 && refusals.every((r) => !r.ok && r.code === 'HELD')
+        if (onlyHeld && wait <= MAX_HELD_WAIT_MS && attempt < MAX_CLAIM_ATTEMPTS) {
+          await new Promise((resolve) => setTimeout(resolve, wait + 10))
+          continue
+        }
+        metrics?.placementClaims.inc({ kind: 'claim', result: refusalLabel(refusals) })
+        this.log.debug({ shard: shard.id, epoch, refusals: refusals.map((r) => (r.ok ? 'ok' : r.code)) }, 'lease claim failed')
+        return false
+      }
+      const takesOver = known != null && known.holder !== this.self
+      // Held from here (keepalives to the new voters start), served once synced, published after: a lease the table shows is served.
+      this.held.set(terms.shard, { terms, record })
+      metrics?.placementClaims.inc({ kind: 'claim', result: 'ok' })
+      if (takesOver) {
+        metrics?.placementMoves.inc({ reason: release != null ? 'handoff' : 'failover' })
+        await this.takeState(shard.id, known, prev, granted, release != null)
+      } else {
+        // Our own reconfiguration, or a genesis: this node already has the state it serves.
+        this.synced.add(shard.id)
+      }
+      await this.keep(terms, record)
+      const reason: ClaimReason = known == null ? 'genesis' : release != null ? 'handoff' : known.holder === this.self ? 'reconfigure' : 'failover'
+      this.log.info({ code: 'LEASE_CLAIMED', shard: shard.id, epoch, previous: known?.holder ?? null, reason }, 'now hosting shard')
+      return true
     }
-    await this.keep(terms, record)
-    metrics?.placementClaims.inc({ kind: 'claim', result: 'ok' })
-    if (known != null && known.holder !== this.self) metrics?.placementMoves.inc({ reason: release != null ? 'handoff' : 'failover' })
-    const reason: ClaimReason = known == null ? 'genesis' : release != null ? 'handoff' : known.holder === this.self ? 'reconfigure' : 'failover'
-    this.log.info({ code: 'LEASE_CLAIMED', shard: shard.id, epoch, previous: known?.holder ?? null, reason }, 'now hosting shard')
-    return true
+  }
+
+  /**
+   * Before serving a shard taken from another holder: pull its state from the
+   * previous voters that granted this epoch (their grant froze them at the old
+   * one) until this node has the state of a majority of them, itself
+   * included. Every write the old holder answered under the majority write
+   * concern is on a majority of those voters, so on one of these. A handoff
+   * also pulls from the releasing holder, which has everything.
+   */
+  private async takeState (shard: string, known: VerifiedLease, prev: string[], granted: Set<string>, handoff: boolean, attempt = 1): Promise<void> {
+    const replication = this.components.replication
+    await replication.ensure(shard)
+    const needed = Math.floor(prev.length / 2) + 1
+    let have = prev.includes(this.self) ? 1 : 0
+    const sources = [...new Set([...(handoff ? [known.holder] : []), ...prev.filter((p) => p !== this.self && granted.has(p))])]
+    const deadline = Date.now() + SYNC_BEFORE_SERVE_MS
+    const pending = new Set(sources)
+    let fromHolder = false
+    while (pending.size > 0 && Date.now() < deadline && have < needed && !fromHolder) {
+      const results = await Promise.all([...pending].map(async (peer) => {
+        const ok = await Promise.race([
+          replication.sync(shard, peerIdFromString(peer), true).then((r) => r != null, () => false),
+          new Promise<boolean>((resolve) => setTimeout(() => resolve(false), Math.max(1, deadline - Date.now())))
+        ])
+        return [peer, ok] as const
+      }))
+      for (const [peer, ok] of results) {
+        if (!ok) continue
+        pending.delete(peer)
+        if (prev.includes(peer)) have++
+        if (handoff && peer === known.holder) fromHolder = true
+      }
+    }
+    if (have >= needed || fromHolder || prev.length === 0) {
+      this.synced.add(shard)
+      return
+    }
+    // Warned once per takeover; the retries are debug.
+    this.log[attempt === 1 ? 'warn' : 'debug']({ code: 'TAKEOVER_UNSYNCED', shard, have, needed, attempt }, 'could not pull the state of a majority of the previous voters; not serving yet')
+    // Try again in the background, as long as this node holds the lease.
+    setTimeout(() => {
+      if (this.held.has(shard) && !this.synced.has(shard)) this.run(shard, async () => this.takeState(shard, known, prev, granted, handoff, attempt + 1))
+    }, 1_000).unref()
   }
 
   async renew (shard: string): Promise<void> {
@@ -234,6 +373,8 @@ export class LeaseKeeper {
 
   /** Records a granted lease in the table and starts serving under it. */
   private async keep (terms: LeaseTerms, record: Uint8Array): Promise<void> {
+    // Superseded meanwhile (a newer epoch arrived while the state was pulled): nothing to keep.
+    if (this.held.get(terms.shard)?.terms.epoch !== terms.epoch) return
     this.held.set(terms.shard, { terms, record })
     await this.components.table.storeLease(terms.shard, terms.epoch, record)
     const verified = await this.components.table.leaseRecord(Buffer.from(record).toString('base64'), Date.now())
@@ -241,21 +382,12 @@ export class LeaseKeeper {
   }
 
   private drop (shard: string, reason: string): void {
+    this.synced.delete(shard)
     if (!this.held.delete(shard)) return
     this.handingOff.delete(shard)
     this.handoffFailed.delete(shard)
+    this.reclaiming.delete(shard)
     this.log.info({ code: 'LEASE_LOST', shard, reason }, 'stopped hosting shard')
-  }
-
-  private async pullState (shard: string, peers: string[]): Promise<void> {
-    const replication = this.components.replication
-    await replication.ensure(shard)
-    const deadline = AbortSignal.timeout(SYNC_BEFORE_SERVE_MS)
-    for (const peer of peers) {
-      if (deadline.aborted) return
-      if (this.components.membership.get(peer)?.state === 'dead') continue
-      if (await Promise.race([replication.sync(shard, peerIdFromString(peer)), new Promise<null>((resolve) => setTimeout(() => resolve(null), SYNC_BEFORE_SERVE_MS))]) != null) return
-    }
   }
 
   /** A planned move: stop taking writes, sign a release, let the new host pull the state and claim the next epoch. */
@@ -269,18 +401,43 @@ export class LeaseKeeper {
     const release = await signRelease(this.components.privateKey, { shard: shard.id, epoch: terms.epoch, to: target }, Date.now())
     let answer: HandoffAnswer
     try {
-      answer = await requestHandoff(this.components.libp2p, peerIdFromString(target), shard.id, release, VOTE_TIMEOUT_MS + SYNC_BEFORE_SERVE_MS + 2_000)
+      answer = await requestHandoff(this.components.libp2p, peerIdFromString(target), shard.id, release, LEASE_ARRIVAL_MS + VOTE_TIMEOUT_MS + SYNC_BEFORE_SERVE_MS + 2_000)
     } catch (err) {
       answer = { ok: false, code: 'UNREACHABLE', detail: (err as Error).message }
     }
     if (answer.ok) {
       this.handoffFailed.delete(shard.id)
       this.drop(shard.id, `handed off to ${target}`)
-    } else {
-      // Keep serving under our lease; a voter that granted the target refuses our renewal, and we step down then.
+      return
+    }
+    this.handoffFailed.set(shard.id, Date.now())
+    this.log.warn({ code: 'HANDOFF_FAILED', shard: shard.id, to: target, reason: answer.code ?? 'unknown', detail: answer.detail }, 'handoff failed; keeping the shard')
+    // The signed release stays good for the target (it may even have won, and its answer got lost) until a newer
+    // epoch voids it: claim that epoch back before taking writes again (every round until it is won, or a newer
+    // holder shows up and this node steps down).
+    this.reclaiming.add(shard.id)
+    await this.reclaim(shard)
+  }
+
+  /** Whether a failed handoff left this shard to be claimed back before it is served again. */
+  needsReclaim (shard: string): boolean {
+    return this.reclaiming.has(shard)
+  }
+
+  /** Claims the next epoch of a shard whose handoff failed, voiding the release this node signed; writes stay refused until then. */
+  async reclaim (shard: ShardInfo): Promise<void> {
+    const terms = this.held.get(shard.id)?.terms
+    if (terms == null) {
+      this.reclaiming.delete(shard.id)
+      return
+    }
+    const known = this.components.leaseOf(shard.id)
+    // The table has not caught up with our own lease yet (or a newer one superseded it, and superseded() drops it).
+    if (known == null || known.holder !== this.self || known.epoch !== terms.epoch) return
+    if (await this.claim(shard, this.desiredOf?.(shard.id), known)) {
+      this.reclaiming.delete(shard.id)
       this.handingOff.delete(shard.id)
       this.handoffFailed.set(shard.id, Date.now())
-      this.log.warn({ code: 'HANDOFF_FAILED', shard: shard.id, to: target, reason: answer.code ?? 'unknown' }, 'handoff failed; keeping the shard')
     }
   }
 
@@ -299,8 +456,13 @@ export class LeaseKeeper {
     } catch (err) {
       return { ok: false, code: 'BAD_RELEASE', detail: (err as Error).message }
     }
-    const known = this.components.leaseOf(info.id)
     if (r.shard !== info.id || r.to !== this.self || r.signer !== from.toString()) return { ok: false, code: 'BAD_RELEASE', detail: 'release is not for this shard, this node, or from the sender' }
+    // The lease being released may still be on its way here through the table's gossip: give it a moment.
+    let known = this.components.leaseOf(info.id)
+    for (let waited = 0; waited < LEASE_ARRIVAL_MS && (known == null || known.epoch < r.epoch); waited += 100) {
+      await new Promise((resolve) => setTimeout(resolve, 100))
+      known = this.components.leaseOf(info.id)
+    }
     if (known == null || known.holder !== r.signer || known.epoch !== r.epoch) return { ok: false, code: 'UNKNOWN_LEASE', detail: 'this node does not know the lease being released yet' }
     if (this.busy.has(info.id)) return { ok: false, code: 'BUSY', detail: 'a lease round for this shard is running' }
     this.busy.add(info.id)

@@ -1,10 +1,11 @@
 /**
- * `/metagrid/lease/2.0.0`: one request and one response per stream, each a
+ * `/metagrid/lease/3.0.0`: one request and one response per stream, each a
  * length-prefixed DAG-CBOR map.
  *
  * - claims:  `{ t: 'claims', c: [{ l: lease statement, r?: release }, ...] }` (1 to 64) →
  *            `{ v: [vote, ...] }`, one per claim, in order; a vote is
- *            `{ ok: true, g: grant }` or `{ ok: false, c: code, d: detail, e: epoch, h: holder }`
+ *            `{ ok: true, g: grant }` or `{ ok: false, c: code, d: detail, e: epoch, h: holder, w?: ms }`
+ *            (`w`: for HELD, how long until this voter would grant)
  * - handoff: `{ t: 'handoff', s: shard, r: release }` → `{ ok: bool, c?: code, d?: detail }`
  *            ("the shard is yours once you claim the next epoch with this release")
  *
@@ -78,15 +79,15 @@ function encodeRequest (request: LeaseRequest): Uint8Array {
 }
 
 function voteValue (vote: Vote): Record<string, unknown> {
-  return vote.ok ? { ok: true, g: vote.grant } : { ok: false, c: vote.code, d: vote.detail.slice(0, 256), e: vote.epoch, h: vote.holder }
+  return vote.ok ? { ok: true, g: vote.grant } : { ok: false, c: vote.code, d: vote.detail.slice(0, 256), e: vote.epoch, h: vote.holder, ...(vote.retryInMs != null ? { w: vote.retryInMs } : {}) }
 }
 
 function decodeVote (value: unknown): Vote {
   if (value == null || typeof value !== 'object') throw new LeaseProtocolError('MALFORMED', 'a vote is a map')
-  const { ok, g, c, d, e, h } = value as Record<string, unknown>
+  const { ok, g, c, d, e, h, w } = value as Record<string, unknown>
   if (ok === true && g instanceof Uint8Array) return { ok: true, grant: g }
-  if (ok === false && typeof c === 'string' && typeof d === 'string' && Number.isSafeInteger(e) && (h === null || typeof h === 'string')) {
-    return { ok: false, code: c as VoteRefusal, detail: d, epoch: e as number, holder: h }
+  if (ok === false && typeof c === 'string' && typeof d === 'string' && Number.isSafeInteger(e) && (h === null || typeof h === 'string') && (w === undefined || (Number.isSafeInteger(w) && (w as number) >= 0))) {
+    return { ok: false, code: c as VoteRefusal, detail: d, epoch: e as number, holder: h, ...(w !== undefined ? { retryInMs: w as number } : {}) }
   }
   throw new LeaseProtocolError('MALFORMED', 'vote fields missing or mistyped')
 }

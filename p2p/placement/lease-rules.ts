@@ -66,7 +66,7 @@ export function judgeLease (lease: VerifiedLease, ctx: LeaseRuleContext): LeaseV
     }
     if (lease.prev.length === 0) return { ok: false, code: 'BROKEN_CHAIN', detail: `epoch ${lease.epoch} names no previous voters after epoch ${previous.epoch}` }
     if (lease.epoch === previous.epoch + 1 && (lease.prevHolder !== previous.holder || !lease.prev.every((peer) => previous.voters.includes(peer)))) {
-      return { ok: false, code: 'BROKEN_CHAIN', detail: `epoch ${lease.epoch} does not follow epoch ${previous.epoch} (its previous holder and voters)` }
+      return { ok: false, code: 'BROKEN_CHAIN', detail: `epoch ${lease.epoch} does not follow epoch ${previous.epoch}: it names ${lease.prevHolder ?? 'nobody'} and [${lease.prev.join(', ')}], epoch ${previous.epoch} has ${previous.holder} and [${previous.voters.join(', ')}]` }
     }
   }
   const allowed = (peer: string): boolean => ctx.eligible(peer) || previous?.voters.includes(peer) === true

@@ -9,16 +9,21 @@
  * whom — and grants:
  *
  * - a renewal: same epoch, same holder;
- * - a new epoch: only once the lease it promised has expired on its own clock
- *   (plus a skew margin), or when that lease's holder signed a release for it
- *   (a planned handoff). Never a second holder for an epoch it granted.
+ * - a new epoch: only once the holder of the lease it promised went silent
+ *   (no keepalive for the liveness timeout on the voter's own clock, see
+ *   liveness.ts), or that lease's term ran out (plus a skew margin), or its
+ *   holder signed a release for it (a planned handoff). Never a second
+ *   holder for an epoch it granted.
  *
  * A lease is valid with grants from a majority of `voters` *and* a majority of
  * `prev` (joint consensus, as in Raft's membership change): two claims for one
  * epoch would need one voter of the previous set to grant twice, which its
  * promise forbids. So there are never two valid holders for one epoch. The
  * epoch is the fencing token: replicas refuse the writes of an older epoch's
- * holder, and a holder stops serving `marginMs` before its lease expires.
+ * holder, a voter that granted a newer epoch acknowledges none of the older
+ * holder's writes (so none can reach the majority write concern), and a
+ * holder stops serving when its keepalives go unanswered or `marginMs`
+ * before its term ends.
  *
  * The genesis lease of a shard (no previous lease) has no `prev`; two nodes
  * with very different views could each win epoch 1 from disjoint voter sets.
@@ -171,15 +176,25 @@ export type VoteRefusal = 'STALE_EPOCH' | 'EPOCH_TAKEN' | 'HELD' | 'BAD_LEASE' |
 /** Every code a vote refusal may carry; anything else a peer sends is counted as `other` (metric labels stay bounded). */
 export const VOTE_REFUSALS: ReadonlySet<string> = new Set<VoteRefusal>(['STALE_EPOCH', 'EPOCH_TAKEN', 'HELD', 'BAD_LEASE', 'TOO_LONG', 'NOT_A_VOTER', 'NOT_ELIGIBLE'])
 
-export type Vote = { ok: true, grant: Uint8Array } | { ok: false, code: VoteRefusal, detail: string, epoch: number, holder: string | null }
+/** A refusal names the epoch and holder the voter promised, and for HELD how long until it would grant (`retryInMs`). */
+export type Vote = { ok: true, grant: Uint8Array } | { ok: false, code: VoteRefusal, detail: string, epoch: number, holder: string | null, retryInMs?: number }
 
-interface Promise_ { epoch: number, holder: string, expiresAt: number }
+/** What a voter promised for a shard: the epoch, its holder, until when, and (for chain checks) that lease's voters and previous voters. */
+interface Promise_ { epoch: number, holder: string, expiresAt: number, voters?: string[], prev?: string[], grantedAt?: number }
 
 export interface VoterOptions {
   /** A lease longer than this from now is refused: nobody may take a shard for a year. */
   maxLeaseMs: number
   /** Clock difference tolerated between voters and holders; a new epoch is granted this long after the old one expired. */
   marginMs: number
+}
+
+/** What the voter knows of a holder's keepalives (liveness.ts): whether a lease it promised still stands, and if so for how long at least. */
+export interface HolderSilence {
+  stands: (holder: string, shard: string, epoch: number, grantedAt: number) => boolean
+  remaining: (holder: string) => number
+  /** A claim just granted counts as hearing from its holder. */
+  alive: (holder: string) => void
 }
 
 /**
@@ -203,6 +218,7 @@ export class LeaseVoter {
 
   private readonly self: string
   private readonly check: ClaimCheck
+  private silence: HolderSilence | null = null
 
   constructor (db: Sublevel, key: PrivateKey, options: VoterOptions, check: ClaimCheck, now: () => number = Date.now) {
     this.db = db
@@ -213,15 +229,68 @@ export class LeaseVoter {
     this.self = peerIdFromPrivateKey(key).toString()
   }
 
-  /** Promises are read through a cache (written through on every grant; one entry per world shard, which bounds it); the database is the truth after a restart. */
-  private readonly cache = new Map<string, Promise_ | null>()
+  /** Every promise, loaded at start and written through on every grant (one per world shard, which bounds it); the database is the truth after a restart. */
+  private readonly promises = new Map<string, Promise_>()
+  /** How many shards each holder holds a promise of here: who may send keepalives. */
+  private readonly holders = new Map<string, number>()
+  private loaded = false
+
+  /** Reads every promise from the database; the voter answers nothing before. */
+  async load (): Promise<void> {
+    if (this.loaded) return
+    for await (const [key, raw] of this.db.iterator({ gt: 'promise/', lt: 'promise/~' })) {
+      try {
+        this.remember(key.slice('promise/'.length), JSON.parse(Buffer.from(raw).toString('utf8')) as Promise_)
+      } catch {
+        // A promise that does not parse cannot have been written by this code; refusing every claim for that shard would be safer
+        // than forgetting it, so keep an epoch no claim can reach.
+        this.remember(key.slice('promise/'.length), { epoch: Number.MAX_SAFE_INTEGER, holder: '', expiresAt: Number.MAX_SAFE_INTEGER })
+      }
+    }
+    this.loaded = true
+  }
+
+  /** Where the voter learns of holders' silence; without it only a term's end or a release frees a shard. */
+  setSilence (silence: HolderSilence): void {
+    this.silence = silence
+  }
+
+  private remember (shard: string, promise: Promise_): void {
+    const previous = this.promises.get(shard)
+    if (previous != null) {
+      const count = (this.holders.get(previous.holder) ?? 1) - 1
+      if (count <= 0) this.holders.delete(previous.holder)
+      else this.holders.set(previous.holder, count)
+    }
+    this.promises.set(shard, promise)
+    this.holders.set(promise.holder, (this.holders.get(promise.holder) ?? 0) + 1)
+  }
 
   async promised (shard: string): Promise<Promise_ | undefined> {
-    if (this.cache.has(shard)) return this.cache.get(shard) ?? undefined
-    const raw = await this.db.get(`promise/${shard}`)
-    const promise = raw == null ? null : JSON.parse(Buffer.from(raw).toString('utf8')) as Promise_
-    this.cache.set(shard, promise)
-    return promise ?? undefined
+    await this.load()
+    return this.promises.get(shard)
+  }
+
+  /** The epoch this voter promised for a shard, now (0 for none): the fence the replicate protocol checks before it applies a write. */
+  promisedEpoch (shard: string): number {
+    return this.promises.get(shard)?.epoch ?? 0
+  }
+
+  /** Whether the lease this voter promised for `shard`, if it is `epoch` of `holder`, still stands (see liveness.ts); undefined if it promised something else. */
+  promiseStands (shard: string, holder: string, epoch: number): boolean | undefined {
+    const promise = this.promises.get(shard)
+    if (promise == null || promise.epoch !== epoch || promise.holder !== holder || this.silence == null) return undefined
+    return this.silence.stands(holder, shard, epoch, promise.grantedAt ?? 0)
+  }
+
+  /** Whether `peer` holds a lease this voter promised (and so may send it keepalives). */
+  isHolder (peer: string): boolean {
+    return this.holders.has(peer)
+  }
+
+  /** Holders of leases this voter promised. */
+  holderIds (): IterableIterator<string> {
+    return this.holders.keys()
   }
 
   /** Decides on a signed lease claim; `release` is the previous holder's signed release, for a handoff. */
@@ -243,41 +312,54 @@ export class LeaseVoter {
     }
     const verdict = this.check(terms)
     if (!verdict.ok) return { ok: false, code: verdict.code, detail: verdict.detail, epoch: terms.epoch, holder: null }
-    let releasedBy: string | undefined
+    let released: { by: string, epoch: number } | undefined
     if (release != null) {
       try {
         const r = await openRelease(release, now)
-        if (r.shard === terms.shard && r.to === terms.holder && r.epoch === terms.epoch - 1) releasedBy = r.signer
+        // The claim may skip epochs past the released one (claims that failed half-way left promises of their own).
+        if (r.shard === terms.shard && r.to === terms.holder && r.epoch < terms.epoch) released = { by: r.signer, epoch: r.epoch }
       } catch (err) {
         if (!(err instanceof LeaseError)) throw err
       }
     }
     // One decision per shard at a time: read, decide and persist without interleaving.
     const previous = this.queue.get(terms.shard) ?? Promise.resolve()
-    const decision = previous.then(async () => this.decide(terms, now, releasedBy))
+    const decision = previous.then(async () => this.decide(terms, now, released))
     const tail = decision.catch(() => {})
     this.queue.set(terms.shard, tail)
     void tail.then(() => { if (this.queue.get(terms.shard) === tail) this.queue.delete(terms.shard) })
     return decision
   }
 
-  private async decide (terms: LeaseTerms, now: number, releasedBy: string | undefined): Promise<Vote> {
+  private async decide (terms: LeaseTerms, now: number, release: { by: string, epoch: number } | undefined): Promise<Vote> {
     const promise = await this.promised(terms.shard)
     if (promise != null) {
       const refuse = (code: VoteRefusal, detail: string): Vote => ({ ok: false, code, detail, epoch: promise.epoch, holder: promise.holder })
       if (terms.epoch < promise.epoch) return refuse('STALE_EPOCH', `epoch ${promise.epoch} was already granted`)
       if (terms.epoch === promise.epoch && terms.holder !== promise.holder) return refuse('EPOCH_TAKEN', `epoch ${promise.epoch} belongs to ${promise.holder}`)
+      // One epoch, one voter set: a renewal changes only the term. (Two records of one epoch with different voters would fork the chain.)
+      if (terms.epoch === promise.epoch && promise.voters != null && (!sameMembers(terms.voters, promise.voters) || !sameMembers(terms.prev, promise.prev ?? []))) {
+        return refuse('EPOCH_TAKEN', `epoch ${promise.epoch} was granted with other voters; a new voter set takes a new epoch`)
+      }
       if (terms.epoch > promise.epoch) {
-        const lapsed = now > promise.expiresAt + this.options.marginMs
-        const released = releasedBy === promise.holder && terms.epoch === promise.epoch + 1
-        if (!lapsed && !released && promise.holder !== terms.holder) {
-          return refuse('HELD', `held by ${promise.holder} at epoch ${promise.epoch} for ${promise.expiresAt - now} ms more`)
+        const expired = now > promise.expiresAt + this.options.marginMs
+        const silent = this.silence != null && !this.silence.stands(promise.holder, terms.shard, promise.epoch, promise.grantedAt ?? 0)
+        // A release by the holder this voter promised, of that epoch (or a later one it was not asked about).
+        const released = release != null && release.by === promise.holder && release.epoch >= promise.epoch
+        if (!expired && !silent && !released && promise.holder !== terms.holder) {
+          const retryInMs = Math.min(promise.expiresAt + this.options.marginMs - now, this.silence?.remaining(promise.holder) ?? Number.POSITIVE_INFINITY)
+          return { ...refuse('HELD', `held by ${promise.holder} at epoch ${promise.epoch}, which still stands behind it`), retryInMs: Math.max(0, Math.ceil(retryInMs)) } as Vote
         }
       }
     }
-    const next: Promise_ = { epoch: terms.epoch, holder: terms.holder, expiresAt: Math.max(terms.expiresAt, promise?.epoch === terms.epoch ? promise.expiresAt : 0) }
+    const next: Promise_ = { epoch: terms.epoch, holder: terms.holder, expiresAt: Math.max(terms.expiresAt, promise?.epoch === terms.epoch ? promise.expiresAt : 0), voters: terms.voters, prev: terms.prev, grantedAt: now }
     await this.db.put(`promise/${terms.shard}`, Buffer.from(JSON.stringify(next)))
-    this.cache.set(terms.shard, next)
+    this.remember(terms.shard, next)
+    this.silence?.alive(terms.holder)
     return { ok: true, grant: await signGrant(this.key, terms, now) }
   }
+}
+
+function sameMembers (a: readonly string[], b: readonly string[]): boolean {
+  return a.length === b.length && a.every((peer) => b.includes(peer))
 }

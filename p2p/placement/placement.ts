@@ -28,10 +28,12 @@ import { LeaseKeeper } from './lease-keeper.ts'
 import { followedBy, judgeLease } from './lease-rules.ts'
 import { PlacementTable, type TableNode } from './placement-table.ts'
 import { placementAuthority } from './write-authority.ts'
-import { World, type ShardInfo, type WorldConfig } from './world.ts'
+import { World, writeConcernOf, type ShardInfo, type WorldConfig } from './world.ts'
 import type { FederationPolicy } from '../../attest/attestation.ts'
 import type { WriteAuthority } from '../admission/authority.ts'
 import type { LeaseTerms, VerifiedLease } from './lease.ts'
+import type { LivenessOptions } from './liveness.ts'
+import type { LoopMonitor } from '../health/loop-monitor.ts'
 import { Policy, type PolicySubject } from './policy.ts'
 import type { Catalog } from '../catalog/catalog.ts'
 import type { Registrar } from '../provenance.ts'
@@ -46,7 +48,11 @@ import type { PrivateKey } from '@libp2p/interface'
 export interface PlacementOptions {
   world: WorldConfig
   params: PlacementParams
+  /** A lease's term (renewed at half); failover goes by `liveness`, not by it. */
   leaseMs: number
+  liveness: LivenessOptions
+  /** How long a write waits for a majority of its shard's voters (layers with the majority write concern). */
+  writeTimeoutMs: number
   /** Clock difference tolerated between nodes: a holder stops this long before expiry, voters wait this long after. */
   marginMs: number
   tickMs: number
@@ -69,6 +75,8 @@ export interface PlacementComponents {
   federation: FederationPolicy
   /** Where this node's lease votes are kept. */
   votes: Sublevel
+  /** This process's event-loop stalls: a voter does not count its own stall as a holder's silence. */
+  loop: LoopMonitor | null
   /** Who may write shards outside the world (served and system shards). */
   fallbackAuthority: WriteAuthority
   metrics: P2pMetrics | null
@@ -179,9 +187,11 @@ export class Placement {
       checkClaim: (terms) => this.checkClaim(terms),
       leaseOf: (shard) => this.history.current(shard),
       adopt: (lease) => { this.adopt(lease) },
+      onHolderSilent: () => { this.schedule() },
+      loop: components.loop,
       metrics: components.metrics,
       logger: components.logger
-    }, { leaseMs: options.leaseMs, marginMs: options.marginMs })
+    }, { leaseMs: options.leaseMs, marginMs: options.marginMs, liveness: options.liveness })
     this.keeper.setAssignment((shard) => this.assignment.get(shard))
   }
 
@@ -198,15 +208,28 @@ export class Placement {
       marginMs: this.options.marginMs,
       fallback: this.components.fallbackAuthority
     }))
+    // A voter that granted a newer epoch of a host shard holds no write of an older one: nothing the old holder writes reaches a majority.
+    replication.setFence((shard, epoch) => {
+      const info = this.world.shard(shard)
+      if (info == null || info.layer.consistency !== 'host') return null
+      return this.keeper.promisedEpoch(shard) > epoch ? 'STALE_EPOCH' : null
+    })
     await this.keeper.start(this.world)
+    // A member suspected or dead may hold leases: look at its shards now rather than next round.
+    this.components.mesh.membership.addEventListener('member:suspect', this.onMemberDown)
+    this.components.mesh.membership.addEventListener('member:dead', this.onMemberDown)
     this.running = true
     this.startedAt = Date.now()
     this.timer = setInterval(() => { this.schedule() }, this.options.tickMs)
     this.schedule()
   }
 
+  private readonly onMemberDown = (): void => { this.schedule() }
+
   async stop (): Promise<void> {
     this.running = false
+    this.components.mesh.membership.removeEventListener('member:suspect', this.onMemberDown)
+    this.components.mesh.membership.removeEventListener('member:dead', this.onMemberDown)
     clearInterval(this.timer)
     await this.ticking?.catch(() => {})
     await this.keeper.stop()
@@ -249,7 +272,9 @@ export class Placement {
     const terms = keeper.termsOf(shard.id)
     if (terms != null) {
       if (keeper.expire(shard.id, now)) return
-      if (this.reconfigure(terms, desired, now)) {
+      if (keeper.needsReclaim(shard.id)) {
+        keeper.run(shard.id, async () => keeper.reclaim(shard))
+      } else if (this.reconfigure(terms, desired, now)) {
         keeper.run(shard.id, async () => keeper.claim(shard, desired, this.history.current(shard.id)))
       } else if (terms.expiresAt - now < this.options.leaseMs / 2) {
         keeper.run(shard.id, async () => keeper.renew(shard.id))
@@ -259,13 +284,24 @@ export class Placement {
       return
     }
     const lease = this.history.current(shard.id)
-    const lapsed = lease != null && now > lease.expiresAt + this.options.marginMs
+    const lapsed = lease != null && lease.holder !== this.self && (now > lease.expiresAt + this.options.marginMs || this.holderDown(lease))
     // A lapsed holder that our view still ranks first is silent: the next candidate takes over without waiting for it to be declared dead.
     const claimer = lapsed && desired?.host === lease.holder ? desired.replicas[0] : desired?.host
     if (claimer !== this.self) return
-    // A node just started has not heard of its peers' leases yet: let the table sync before claiming unleased shards.
-    if (lease == null && now - this.startedAt < this.options.settleMs) return
+    // A node just started has not heard of its peers' leases yet (nor that a lease it held was taken over): let the table sync first.
+    if (now - this.startedAt < this.options.settleMs) return
     if (lease == null || lapsed || lease.holder === this.self) keeper.run(shard.id, async () => keeper.claim(shard, desired, lease))
+  }
+
+  /**
+   * Whether a lease's holder is gone as far as this node can tell: a voter
+   * of the lease knows from the holder's keepalives; any other node goes by
+   * membership. Either way the voters decide; this only says when to ask.
+   */
+  private holderDown (lease: VerifiedLease): boolean {
+    if (lease.voters.includes(this.self) || lease.prev.includes(this.self)) return this.keeper.leaseDown(lease)
+    const state = this.components.mesh.membership.get(lease.holder)?.state
+    return state === 'suspect' || state === 'dead'
   }
 
   /**
@@ -464,7 +500,7 @@ export class Placement {
    */
   availability (): { good: number, total: number } | null {
     const now = Date.now()
-    if (!this.running || now - this.startedAt < this.options.settleMs + this.options.leaseMs) return null
+    if (!this.running || now - this.startedAt < this.options.settleMs + 2 * this.options.liveness.timeoutMs) return null
     const all = this.world.all()
     return { good: all.filter((s) => this.hostOf(s.id) != null).length, total: all.length }
   }
@@ -495,16 +531,26 @@ export class Placement {
     if (info == null) return
     const lease = this.history.current(shard)
     const host = lease != null ? this.address(lease.holder) : null
+    const majority = writeConcernOf(info.layer) === 'majority'
     if (info.layer.consistency === 'crdt') {
       if (lease == null || Date.now() >= lease.expiresAt || !lease.voters.includes(this.self)) {
         throw new NotHostError('NOT_REPLICA', `this node is not a replica of ${shard} under a valid lease`, host, lease?.epoch ?? null)
       }
+      this.components.replication.prepareConcern(shard, majority ? lease.voters : null)
       return
     }
     if (this.keeper.handingOffNow(shard)) throw new NotHostError('HANDOFF_IN_PROGRESS', `shard ${shard} is moving to another host; retry shortly`, host, lease?.epoch ?? null)
     const held = this.holding(shard)
-    if (held == null) throw new NotHostError('NOT_HOST', `this node does not hold the lease of ${shard}`, host, lease?.epoch ?? null)
+    if (held == null) throw new NotHostError('NOT_HOST', `this node does not hold the lease of ${shard} (or cannot reach a majority of its voters)`, host, lease?.epoch ?? null)
     if (epoch != null && epoch !== held.epoch) throw new NotHostError('STALE_EPOCH', `write names epoch ${epoch}; the current epoch is ${held.epoch}`, this.address(this.self), held.epoch)
+    this.components.replication.prepareConcern(shard, majority ? held.voters : null)
+  }
+
+  /** After a write to `shard` is durable here: waits until its layer's write concern is met (WriteConcernError if not in time). */
+  async writeConcern (shard: string): Promise<void> {
+    const info = this.world.shard(shard)
+    if (info == null || writeConcernOf(info.layer) === 'local') return
+    await this.components.replication.replicated(shard, this.options.writeTimeoutMs)
   }
 
   private address (peerId: string): PeerAddress {

@@ -21,8 +21,18 @@ export const layerSchema = z.strictObject({
   /** Capability tags a host of this layer must have (for example `gpu` for NPC inference). */
   require: z.array(z.string().min(1).max(128)).max(16).default([]),
   /** Decorative layers (effects, ambient props, analytics) are shed first when an SLO burns its budget. */
-  decorative: z.boolean().default(false)
+  decorative: z.boolean().default(false),
+  /**
+   * When a write is answered: `majority` once a majority of the shard's voters hold it durably (the host's crash loses
+   * nothing answered), `local` once this node does. Defaults: majority for host layers, local for crdt layers.
+   */
+  writeConcern: z.enum(['majority', 'local']).optional()
 })
+
+/** A layer's write concern, its default filled in. */
+export function writeConcernOf (layer: Layer): 'majority' | 'local' {
+  return layer.writeConcern ?? (layer.consistency === 'host' ? 'majority' : 'local')
+}
 
 export const regionAreaSchema = z.strictObject({
   /** The region whose users play in this area; shards inside it are placed near that region's nodes. */
@@ -68,7 +78,7 @@ export interface ShardInfo {
  * shard, though they hold no part of the world (the provenance ledger's
  * registrar). Host-authoritative: one writer, fenced by epoch.
  */
-export const SYSTEM_LAYER: Layer = { name: 'sys', consistency: 'host', require: [], decorative: false }
+export const SYSTEM_LAYER: Layer = { name: 'sys', consistency: 'host', require: [], decorative: false, writeConcern: 'local' }
 
 export class World {
   readonly config: WorldConfig

@@ -8,17 +8,21 @@
  *   topic, each received one admitted and applied;
  * - anti-entropy (sync-sessions.ts, anti-entropy.ts): what gossip missed,
  *   repaired over direct streams, on connect, periodically, on a gap, and
- *   when a peer comes back from suspect or dead.
+ *   when a peer comes back from suspect or dead;
+ * - the write concern (write-concern.ts): for shards that need it, each
+ *   durable local batch sent to the shard's voters, and a write answered
+ *   once a majority of them hold it.
  *
- * Gossip and anti-entropy call the same `admitBatch`; a check cannot sit on
- * one path and not on its twin.
+ * Gossip, anti-entropy and the write concern call the same `admitBatch`; a
+ * check cannot sit on one path and not on its twin.
  */
 import { TypedEventEmitter } from 'main-event'
-import { SYNC_PROTOCOL } from '../constants.ts'
+import { REPLICATE_PROTOCOL, SYNC_PROTOCOL } from '../constants.ts'
 import { Admission } from '../admission/admission.ts'
 import { DeltaGossip } from './delta-gossip.ts'
 import { ShardSet, UnknownShardError, type ShardChange } from './shard-set.ts'
 import { SyncSessions } from './sync-sessions.ts'
+import { handleReplicate, WriteConcern } from './write-concern.ts'
 import type { SessionStats, SyncLimits } from './anti-entropy.ts'
 import type { Database } from '../../storage/database.ts'
 import type { ApplyResult } from '../../storage/crdt/shard-doc.ts'
@@ -31,6 +35,10 @@ import type { PeerId, PrivateKey } from '@libp2p/interface'
 
 export { UnknownShardError, type ShardChange }
 export { MAX_GOSSIP_DELTA_BYTES } from './delta-gossip.ts'
+export { WriteConcernError } from './write-concern.ts'
+
+/** The replicate protocol's fence: a code when this node must not hold a write of `epoch` to `shard`, else null. */
+export type Fence = (shard: string, epoch: number) => string | null
 
 export interface ReplicationOptions extends ShardStoreOptions {
   served: string[]
@@ -47,7 +55,7 @@ export interface ReplicationComponents {
   membership: Membership
   metrics: P2pMetrics | null
   logger: Logger
-  /** Called with each remote write's time from origin to apply here (ms); feeds the convergence SLO. */
+  /** Called with each remote write's time from origin to apply here (ms), for writes gossip brought; feeds the convergence SLO. */
   onConvergence?: (ms: number) => void
 }
 
@@ -62,6 +70,8 @@ export class Replication extends TypedEventEmitter<ReplicationEvents> {
   private readonly shards: ShardSet
   private readonly gossip: DeltaGossip
   private readonly sessions: SyncSessions
+  private readonly concern: WriteConcern
+  private fence: Fence = () => null
   private running = false
 
   private readonly onIdentify = (event: CustomEvent<{ peerId: PeerId, protocols: string[] }>): void => {
@@ -84,10 +94,14 @@ export class Replication extends TypedEventEmitter<ReplicationEvents> {
     const self = libp2p.peerId.toString()
     this.admission = new Admission({ self, metrics }, { maxValueBytes: options.maxValueBytes })
     this.shards = new ShardSet({ database: components.database, privateKey: components.privateKey, self, admission: this.admission, metrics, logger }, options)
-    const onApplied = (result: ApplyResult): void => { this.observe(result) }
-    this.gossip = new DeltaGossip({ libp2p, admission: this.admission, onGap: (shard, peer) => { this.sessions.want(shard, peer, 500) }, onApplied, metrics, logger })
-    this.sessions = new SyncSessions({ libp2p, shards: this.shards, admission: this.admission, onApplied, metrics, logger }, { syncIntervalMs: options.syncIntervalMs, ...(options.limits != null ? { limits: options.limits } : {}) })
-    this.shards.addEventListener('delta', (event) => { void this.gossip.publish(event.detail.shard, event.detail.bytes) })
+    this.gossip = new DeltaGossip({ libp2p, admission: this.admission, onGap: (shard, peer) => { this.sessions.want(shard, peer, 500) }, onApplied: (result) => { this.observe(result, true) }, metrics, logger })
+    this.sessions = new SyncSessions({ libp2p, shards: this.shards, admission: this.admission, onApplied: (result) => { this.observe(result, false) }, metrics, logger }, { syncIntervalMs: options.syncIntervalMs, ...(options.limits != null ? { limits: options.limits } : {}) })
+    this.concern = new WriteConcern({ libp2p, metrics, logger })
+    this.shards.addEventListener('delta', (event) => {
+      const { shard, bytes, patch } = event.detail
+      this.concern.enqueue(shard, patch.to ?? 0, bytes)
+      void this.gossip.publish(shard, bytes)
+    })
     this.shards.addEventListener('change', (event) => { this.safeDispatchEvent('change', { detail: event.detail }) })
     this.shards.addEventListener('opened', (event) => {
       if (!this.running) return
@@ -115,6 +129,18 @@ export class Replication extends TypedEventEmitter<ReplicationEvents> {
     this.gossip.start()
     for (const [, store] of this.shards.entries()) this.gossip.attach(store)
     await this.sessions.start()
+    await handleReplicate({
+      libp2p: this.components.libp2p,
+      admission: this.admission,
+      storeOf: (shard) => (this.shards.served().includes(shard) ? this.shards.shard(shard) : undefined),
+      fence: (shard, epoch) => this.fence(shard, epoch),
+      onGap: (shard, peer) => {
+        const id = this.components.libp2p.getConnections().find((c) => c.remotePeer.toString() === peer)?.remotePeer
+        if (id != null) this.sessions.want(shard, id, 100)
+      },
+      metrics: this.components.metrics,
+      logger: this.components.logger
+    })
     this.components.libp2p.addEventListener('peer:identify', this.onIdentify as never)
     this.components.membership.addEventListener('member:alive', this.onAlive as never)
   }
@@ -124,7 +150,30 @@ export class Replication extends TypedEventEmitter<ReplicationEvents> {
     this.components.libp2p.removeEventListener('peer:identify', this.onIdentify as never)
     this.components.membership.removeEventListener('member:alive', this.onAlive as never)
     this.gossip.stop(this.shards.served())
+    this.concern.stop()
+    await this.components.libp2p.unhandle(REPLICATE_PROTOCOL).catch(() => {})
     await this.sessions.stop()
+  }
+
+  /** Where the replicate protocol asks whether a write may be held here (placement: the voter's promises). */
+  setFence (fence: Fence): void {
+    this.fence = fence
+  }
+
+  /**
+   * Declares that this node's writes to `shard` are answered only once a
+   * majority of `voters` hold them (null: once durable here). Call before
+   * taking a write; idempotent for the same voters.
+   */
+  prepareConcern (shard: string, voters: readonly string[] | null): void {
+    const self = this.components.libp2p.peerId.toString()
+    this.concern.prepare(shard, voters, voters == null ? 0 : this.shards.shard(shard).doc.context.highest(self))
+  }
+
+  /** Resolves once this node's writes to `shard` so far are on a majority of its voters (at once if it needs none); throws WriteConcernError. */
+  async replicated (shard: string, timeoutMs: number): Promise<void> {
+    const seq = this.shards.shard(shard).doc.context.highest(this.components.libp2p.peerId.toString())
+    await this.concern.replicated(shard, seq, timeoutMs)
   }
 
   /** Writes what is pending and closes every shard; after `stop`. */
@@ -140,15 +189,21 @@ export class Replication extends TypedEventEmitter<ReplicationEvents> {
     return this.shards.served()
   }
 
-  /** Runs one anti-entropy session with `peer` as the asker; null if it failed. */
-  async sync (shard: string, peer: PeerId): Promise<SessionStats | null> {
-    return this.sessions.sync(shard, peer)
+  /** Runs one anti-entropy session with `peer` as the asker; null if it failed or the peer does not serve the shard. `urgent` goes before routine sessions. */
+  async sync (shard: string, peer: PeerId, urgent = false): Promise<SessionStats | null> {
+    return this.sessions.sync(shard, peer, urgent)
   }
 
-  private observe (result: ApplyResult): void {
+  /**
+   * Convergence of applied remote writes: every one goes into the histogram;
+   * only those the live path (gossip) brought go to `onConvergence` (the
+   * SLO). What anti-entropy repairs is what the live path missed (this node
+   * was starting, subscribing or partitioned); the divergence gauge measures it.
+   */
+  private observe (result: ApplyResult, live: boolean): void {
     const { metrics, onConvergence } = this.components
     const now = Date.now()
-    if (onConvergence != null) for (const wall of result.appliedWalls) onConvergence(Math.max(0, now - wall))
+    if (onConvergence != null && live) for (const wall of result.appliedWalls) onConvergence(Math.max(0, now - wall))
     if (metrics == null) return
     for (const wall of result.appliedWalls) metrics.crdtConvergence.observe(Math.max(0, now - wall) / 1000)
     if (result.conflicts > 0) metrics.crdtConflicts.inc(result.conflicts)

@@ -27,6 +27,14 @@ import type { PeerId, Stream } from '@libp2p/interface'
 
 /** Concurrent sync sessions per connection, each way. */
 const MAX_SYNC_STREAMS = 4
+/**
+ * Sessions this node runs as the asker with one peer at a time; the rest
+ * wait their turn. Below the peer's inbound limit, so a round over many
+ * shards neither trips the stream limit nor resets the peer's streams.
+ */
+const MAX_ASKING_PER_PEER = 3
+/** Sessions waiting for a turn, over all peers; past it a session is not run (the next round covers it). */
+const MAX_WAITING = 4096
 /** A peer that sent garbage is not served again for this long. */
 const BAD_PEER_BACKOFF_MS = 60_000
 /** Peers remembered as backing off; past it the oldest is forgotten (each entry took a refused session to make). */
@@ -42,6 +50,9 @@ const MAX_SNAPSHOT_WANTED = 4096
  */
 const SESSIONS_PER_S = 10
 const SESSION_BURST = 40
+/** This node asks one peer at most this often (and in bursts of ASK_BURST), below what the peer answers. */
+const ASKS_PER_S = 8
+const ASK_BURST = 30
 
 export interface SyncSessionsComponents {
   libp2p: MetagridLibp2p
@@ -68,7 +79,14 @@ export class SyncSessions {
   private readonly snapshotWanted = new Set<string>()
   /** Per peer: session tokens left and when they were counted (bounded like badPeers). */
   private readonly allowance = new Map<string, { tokens: number, at: number }>()
+  /** The same for the sessions this node asks of each peer. */
+  private readonly asking = new Map<string, { tokens: number, at: number }>()
   private readonly sessions = new Set<Promise<unknown>>()
+  /** Per peer: sessions running as the asker, and those waiting for a turn. */
+  private readonly turns = new Map<string, { running: number, waiting: Array<{ id: string, resolve: () => void }> }>()
+  private waiting = 0
+  /** Sessions waiting for their turn, by shard and peer. */
+  private readonly queued = new Map<string, Promise<SessionStats | null>>()
   private timer: NodeJS.Timeout | undefined
   private running = false
 
@@ -91,40 +109,124 @@ export class SyncSessions {
     clearInterval(this.timer)
     for (const timeout of this.wanted.values()) clearTimeout(timeout)
     this.wanted.clear()
+    // Sessions waiting for a turn see the node stopping and return without running.
+    for (const turns of this.turns.values()) for (const next of turns.waiting.splice(0)) next.resolve()
+    this.waiting = 0
     await this.components.libp2p.unhandle(SYNC_PROTOCOL).catch(() => {})
     await Promise.allSettled([...this.sessions])
   }
 
-  /** One session per shard with a random subscriber of its topic. */
+  /** One session per shard with a random subscriber of its topic, spread over the interval rather than all at once. */
   private round (): void {
     const pubsub = this.components.libp2p.services.pubsub
     for (const shard of this.components.shards.served()) {
       const peers = pubsub.getSubscribers(shardTopic(shard))
       if (peers.length === 0) continue
-      void this.sync(shard, peers[Math.floor(Math.random() * peers.length)]!)
+      this.want(shard, peers[Math.floor(Math.random() * peers.length)]!, Math.random() * this.options.syncIntervalMs)
     }
   }
 
-  /** Schedules a session with a peer soon, once however often it is asked for. */
+  /**
+   * Schedules a session with a peer soon, once however often it is asked
+   * for; when the time comes it runs only if the peer still replicates the
+   * shard (is subscribed to its topic), so a new connection or a revived
+   * member costs sessions for the shards the two share, not for every shard.
+   */
   want (shard: string, peer: PeerId, delayMs: number): void {
     if (!this.running) return
     const key = `${shard}\u0000${peer.toString()}`
     if (this.wanted.has(key) || this.wanted.size >= MAX_WANTED) return
     this.wanted.set(key, setTimeout(() => {
       this.wanted.delete(key)
+      if (!this.running || !this.shares(shard, peer)) return
       void this.sync(shard, peer)
     }, delayMs))
   }
 
-  /** Runs one session as the asker. Resolves to its stats, or null if it failed. */
-  async sync (shard: string, peer: PeerId): Promise<SessionStats | null> {
-    const session = this.ask(shard, peer)
-    this.sessions.add(session)
-    try {
-      return await session
-    } finally {
-      this.sessions.delete(session)
+  private shares (shard: string, peer: PeerId): boolean {
+    return this.components.libp2p.services.pubsub.getSubscribers(shardTopic(shard)).some((p) => p.equals(peer))
+  }
+
+  /**
+   * Runs one session as the asker, after the sessions already running with
+   * that peer. Resolves to its stats, or null if it failed. A session for the
+   * same shard and peer still waiting for its turn is shared rather than
+   * queued twice (so the queue is bounded by shards × peers); an `urgent`
+   * one (a takeover pulling state before it serves) goes to the front.
+   */
+  async sync (shard: string, peer: PeerId, urgent = false): Promise<SessionStats | null> {
+    const key = peer.toString()
+    const id = `${shard}\u0000${key}`
+    const queued = this.queued.get(id)
+    if (queued != null) {
+      if (urgent) this.promote(key, id)
+      return queued
     }
+    const session = (async () => {
+      const turn = await this.turn(key, id, urgent)
+      // Running from here on: a later call starts a session of its own, which sees what arrives from now.
+      this.queued.delete(id)
+      if (turn !== 'run') {
+        this.components.metrics?.crdtSyncSessions.inc({ role: 'asker', result: 'busy' })
+        if (turn === 'stopped') this.release(key)
+        return null
+      }
+      const asking = this.ask(shard, peer)
+      this.sessions.add(asking)
+      try {
+        return await asking
+      } finally {
+        this.sessions.delete(asking)
+        this.release(key)
+      }
+    })()
+    this.queued.set(id, session)
+    return session
+  }
+
+  /** Waits for a free session slot with `peer` (`run`); `full` when too many sessions already wait, `stopped` (holding a slot) when the node stopped meanwhile. */
+  private async turn (peer: string, id: string, urgent: boolean): Promise<'run' | 'full' | 'stopped'> {
+    let turns = this.turns.get(peer)
+    if (turns == null) {
+      turns = { running: 0, waiting: [] }
+      this.turns.set(peer, turns)
+    }
+    if (turns.running < MAX_ASKING_PER_PEER) {
+      turns.running++
+    } else {
+      if (this.waiting >= MAX_WAITING) return 'full'
+      this.waiting++
+      await new Promise<void>((resolve) => {
+        if (urgent) turns.waiting.unshift({ id, resolve })
+        else turns.waiting.push({ id, resolve })
+      })
+    }
+    // Paced below the peer's answering rate, so a burst of sessions is spread rather than refused.
+    const waitMs = takeToken(this.asking, peer, ASKS_PER_S, ASK_BURST)
+    if (waitMs > 0) await new Promise((resolve) => setTimeout(resolve, waitMs))
+    return this.running ? 'run' : 'stopped'
+  }
+
+  /** Moves a waiting session to the front of its peer's queue. */
+  private promote (peer: string, id: string): void {
+    const waiting = this.turns.get(peer)?.waiting
+    const at = waiting?.findIndex((w) => w.id === id) ?? -1
+    if (waiting == null || at <= 0) return
+    waiting.unshift(...waiting.splice(at, 1))
+  }
+
+  /** Hands the slot to the next waiting session with `peer`, or frees it. */
+  private release (peer: string): void {
+    const turns = this.turns.get(peer)
+    if (turns == null) return
+    const next = turns.waiting.shift()
+    if (next != null) {
+      this.waiting--
+      next.resolve()
+      return
+    }
+    turns.running--
+    if (turns.running === 0) this.turns.delete(peer)
   }
 
   private async ask (shard: string, peer: PeerId): Promise<SessionStats | null> {
@@ -147,9 +249,10 @@ export class SyncSessions {
       await lp.write(encodeHello(shard, flags, store.doc.context), { signal })
       const theirs = readContext((await lp.read({ signal })).subarray())
       if (theirs == null) {
+        // The peer does not replicate the shard (yet): nothing was learnt, which a takeover must not take for its state.
         await stream.close({ signal })
         metrics?.crdtSyncSessions.inc({ role: 'asker', result: 'not_served' })
-        return stats
+        return null
       }
       await receivePatches(lp, this.handlers(store, peer, stats), this.limits, stats, signal)
       await sendPlan(lp, store, theirs, this.limits, stats, signal)
@@ -267,15 +370,7 @@ export class SyncSessions {
 
   /** A token bucket per peer: SESSIONS_PER_S refilled each second, SESSION_BURST at most. */
   private allow (peer: string): boolean {
-    const now = Date.now()
-    let bucket = this.allowance.get(peer)
-    if (bucket == null) {
-      if (this.allowance.size >= MAX_BAD_PEERS) this.allowance.delete(this.allowance.keys().next().value!)
-      bucket = { tokens: SESSION_BURST, at: now }
-      this.allowance.set(peer, bucket)
-    }
-    bucket.tokens = Math.min(SESSION_BURST, bucket.tokens + (now - bucket.at) * SESSIONS_PER_S / 1000)
-    bucket.at = now
+    const bucket = refill(this.allowance, peer, SESSIONS_PER_S, SESSION_BURST)
     if (bucket.tokens < 1) return false
     bucket.tokens--
     return true
@@ -291,4 +386,27 @@ export class SyncSessions {
     this.badPeers.delete(peer)
     this.badPeers.set(peer, now + BAD_PEER_BACKOFF_MS)
   }
+}
+
+type Buckets = Map<string, { tokens: number, at: number }>
+
+/** The bucket of `key`, refilled to now (`rate` tokens a second, `burst` at most); the map is bounded like the back-off table. */
+function refill (buckets: Buckets, key: string, rate: number, burst: number): { tokens: number, at: number } {
+  const now = Date.now()
+  let bucket = buckets.get(key)
+  if (bucket == null) {
+    if (buckets.size >= MAX_BAD_PEERS) buckets.delete(buckets.keys().next().value!)
+    bucket = { tokens: burst, at: now }
+    buckets.set(key, bucket)
+  }
+  bucket.tokens = Math.min(burst, bucket.tokens + (now - bucket.at) * rate / 1000)
+  bucket.at = now
+  return bucket
+}
+
+/** Takes a token, going into debt if there is none: the milliseconds to wait until the token taken is due. */
+function takeToken (buckets: Buckets, key: string, rate: number, burst: number): number {
+  const bucket = refill(buckets, key, rate, burst)
+  bucket.tokens--
+  return bucket.tokens >= 0 ? 0 : -bucket.tokens * 1000 / rate
 }

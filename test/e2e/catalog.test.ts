@@ -117,6 +117,15 @@ describe('discovery through the DHT catalog', () => {
   })
 })
 
+describe('a node alone', () => {
+  it('answers a discovery at once with why it is empty, instead of waiting out the query timeout', async () => {
+    const alone = await bed.start({})
+    const answer = await discover(alone.api, 'need=gpu')
+    expect(answer.results).toEqual([])
+    expect(answer.note).toMatchObject({ code: 'NO_PEERS', message: expect.stringMatching(/--bootstrap/) })
+  })
+})
+
 describe('forged descriptors', () => {
   let attacker: MetagridLibp2p
 

@@ -13,6 +13,7 @@ import { BIN_PATH } from '../../daemon/process.ts'
 import { TELEMETRY_TOPIC } from '../../p2p/constants.ts'
 import { originCoordinate } from '../../p2p/coordinates/vivaldi.ts'
 import { signLoadReport, type LoadReport } from '../../p2p/telemetry/load-report.ts'
+import { startCpuHog, type CpuHog } from '../helpers/cpu-hog.ts'
 import { getJson, waitFor } from '../helpers/daemons.ts'
 import { startTestPeer } from '../helpers/libp2p.ts'
 import { metricValue, scrape } from '../helpers/metrics.ts'
@@ -21,19 +22,20 @@ import { Testbed } from '../testbed/testbed.ts'
 import type { MeshView } from '../../p2p/mesh.ts'
 import type { PrivateKey } from '@libp2p/interface'
 
-/** Fast timers so detection takes seconds, not the production defaults' tens of seconds. */
+/** Failure detection runs with its defaults; only load reports come faster, so the coordinate test has samples sooner. */
 const TIMERS = {
   METAGRID_TELEMETRY_INTERVAL_MS: '500',
-  METAGRID_PROBES_INTERVAL_MS: '125',
-  METAGRID_PROBES_TIMEOUT_MS: '1000',
-  METAGRID_MEMBERSHIP_SUSPECT_AFTER_MS: '2000',
-  METAGRID_MEMBERSHIP_DEAD_AFTER_MS: '3000',
   // Ten daemons on two cores: placement (tested on its own testbed) would only add background load here.
   METAGRID_PLACEMENT_ENABLED: 'false'
 }
-/** The longest detection can take by design: silence, a direct and an indirect probe, suspicion, and a tick either side. */
-const DETECTION_BOUND_MS = 2000 + 1000 + 2000 + 3000 + 2 * 500
-/** Room for a loaded two-core machine running ten daemons. */
+/**
+ * The longest detection can take by design with the defaults: a full probe
+ * round before the first probe of the victim (9 members × 500 ms), a direct
+ * and an indirect probe timeout, and the longest, unconfirmed suspicion
+ * (β · α · 500 ms = 12 s). The measured time is logged (and benched).
+ */
+const DETECTION_BOUND_MS = 9 * 500 + 2 * 300 + 12_000
+/** Room for a two-core machine running ten daemons beside a CPU hog. */
 const SLACK_MS = 4000
 
 let bed: Testbed
@@ -41,52 +43,32 @@ let bed: Testbed
 const mesh = async (index: number): Promise<MeshView> => getJson<MeshView>(bed.nodes[index]!.api, '/v1/mesh')
 const stateOf = (view: MeshView, peerId: string): string | undefined => view.peers.find((peer) => peer.peerId === peerId)?.state
 
+let hog: CpuHog | undefined
+
 beforeAll(async () => {
+  // An edge box runs other work: one of the two cores is burnt by another process throughout.
+  hog = await startCpuHog()
   bed = await Testbed.start({ cities: pickCities(10), env: TIMERS })
   await Promise.all(bed.nodes.map(async (node, i) => waitFor(`node ${i} to see all 9 others alive`, async () => {
     const view = await mesh(i)
     return view.peers.filter((peer) => peer.state === 'alive').length === 9
   }, 60_000)))
 })
-afterAll(async () => bed?.stop())
+afterAll(async () => {
+  await bed?.stop()
+  await hog?.stop()
+})
 
 describe('a 10-node mesh in emulated cities', () => {
-  it('estimates RTT from coordinates within 15% (median relative error)', async () => {
-    const index = new Map(bed.nodes.map((node) => [node.peerId, node.index]))
-    const measure = async (): Promise<{ median: number, p90: number, pairs: number }> => {
-      const errors: number[] = []
-      for (const node of bed.nodes) {
-        for (const peer of (await mesh(node.index)).peers) {
-          if (peer.rttEstimateMs == null) continue
-          const truth = bed.rttMs(node.index, index.get(peer.peerId)!)
-          errors.push(Math.abs(peer.rttEstimateMs - truth) / truth)
-        }
-      }
-      errors.sort((a, b) => a - b)
-      return { median: errors[Math.floor(errors.length / 2)]!, p90: errors[Math.floor(errors.length * 0.9)]!, pairs: errors.length }
-    }
-    // Settled: about 300 probes per node at 8 a second (the bench tracks the whole curve). Vivaldi keeps
-    // moving a little around its fit, so five snapshots two seconds apart are read and their median kept.
-    await new Promise((resolve) => setTimeout(resolve, 40_000))
-    const snapshots = []
-    for (let i = 0; i < 5; i++) {
-      snapshots.push(await measure())
-      await new Promise((resolve) => setTimeout(resolve, 2_000))
-    }
-    const medians = snapshots.map((snapshot) => snapshot.median).sort((a, b) => a - b)
-    const median = medians[2]!
-    console.info(`coordinate error after 40-50 s on 10 emulated cities: median ${(median * 100).toFixed(1)}% (snapshots ${medians.map((m) => (m * 100).toFixed(1)).join(', ')}%), p90 ${(snapshots[2]!.p90 * 100).toFixed(1)}%`)
-    await mkdir('test/artifacts', { recursive: true })
-    await writeFile('test/artifacts/coordinate-error.json', JSON.stringify({ median, snapshots }, null, 2))
-    expect(snapshots.every((snapshot) => snapshot.pairs === 90)).toBe(true)
-    expect(median).toBeLessThanOrEqual(0.15)
-  })
-
   it('shows live load, states and RTT in `metagrid mesh`', async () => {
-    const { stdout } = await promisify(execFile)(process.execPath, [BIN_PATH, 'mesh', '--api', bed.nodes[0]!.api])
-    const rows = stdout.split('\n').filter((line) => line.startsWith('12D3Koo'))
-    expect(rows).toHaveLength(9)
-    for (const row of rows) expect(row).toMatch(/ alive .* \d+%\s+\d+%\s+0\s+0\s+[\d.]+ms\s+[\d.]+ms /)
+    const row = / alive .* \d+%\s+\d+%\s+0\s+0\s+[\d.]+ms\s+[\d.]+ms /
+    // A measured RTT needs one probe of each peer: a round over nine members at two probes a second.
+    const rows = await waitFor('every peer probed once', async () => {
+      const { stdout } = await promisify(execFile)(process.execPath, [BIN_PATH, 'mesh', '--api', bed.nodes[0]!.api])
+      const lines = stdout.split('\n').filter((line) => line.startsWith('12D3Koo'))
+      return lines.length === 9 && lines.every((line) => row.test(line)) ? lines : undefined
+    }, 30_000, 1_000)
+    for (const line of rows) expect(line).toMatch(row)
   })
 
   it('does not declare a node dead when only its link to one peer is cut', async () => {
@@ -104,6 +86,59 @@ describe('a 10-node mesh in emulated cities', () => {
     } finally {
       bed.heal(1, 2)
     }
+  })
+
+  it('declares no one dead over two minutes while one node\'s event loop stalls 500 ms every five seconds', async () => {
+    const stalled = bed.nodes[3]!
+    const pid = stalled.process.child.pid!
+    const deaths = async (): Promise<number> => (await Promise.all(bed.nodes.map(async (node) => metricValue(await scrape(node.api), 'metagrid_member_transitions_total', { to: 'dead' }) ?? 0))).reduce((a, b) => a + b, 0)
+    const before = await deaths()
+    const until = Date.now() + 120_000
+    let stalls = 0
+    while (Date.now() < until) {
+      // SIGSTOP freezes the whole process: its event loop, its timers and its sockets, as a 500 ms GC pause or a blocking call would.
+      process.kill(pid, 'SIGSTOP')
+      await new Promise((resolve) => setTimeout(resolve, 500))
+      process.kill(pid, 'SIGCONT')
+      stalls++
+      await new Promise((resolve) => setTimeout(resolve, 4_500))
+      for (const node of bed.nodes) expect(stateOf(await mesh(node.index), node.index === 3 ? bed.nodes[0]!.peerId : stalled.peerId), `node ${node.index}`).not.toBe('dead')
+    }
+    const health = metricValue(await scrape(stalled.api), 'metagrid_local_health') ?? 0
+    console.info(`${stalls} stalls of 500 ms on node 3: no death; its local health is ${health}`)
+    // Neither the stalled node accused anyone nor did anyone declare it dead.
+    expect(await deaths()).toBe(before)
+  }, 180_000)
+
+  it('estimates RTT from coordinates within 15% (median relative error)', async () => {
+    const index = new Map(bed.nodes.map((node) => [node.peerId, node.index]))
+    const measure = async (): Promise<{ median: number, p90: number, pairs: number }> => {
+      const errors: number[] = []
+      for (const node of bed.nodes) {
+        for (const peer of (await mesh(node.index)).peers) {
+          if (peer.rttEstimateMs == null) continue
+          const truth = bed.rttMs(node.index, index.get(peer.peerId)!)
+          errors.push(Math.abs(peer.rttEstimateMs - truth) / truth)
+        }
+      }
+      errors.sort((a, b) => a - b)
+      return { median: errors[Math.floor(errors.length / 2)]!, p90: errors[Math.floor(errors.length * 0.9)]!, pairs: errors.length }
+    }
+    // Settled: this runs after the two-minute stall test, so each node has made about 300 probes at the
+    // default two a second (the bench tracks the whole curve). Vivaldi keeps moving a little around its
+    // fit, so five snapshots two seconds apart are read and their median kept.
+    const snapshots = []
+    for (let i = 0; i < 5; i++) {
+      snapshots.push(await measure())
+      await new Promise((resolve) => setTimeout(resolve, 2_000))
+    }
+    const medians = snapshots.map((snapshot) => snapshot.median).sort((a, b) => a - b)
+    const median = medians[2]!
+    console.info(`coordinate error after about 3 minutes on 10 emulated cities: median ${(median * 100).toFixed(1)}% (snapshots ${medians.map((m) => (m * 100).toFixed(1)).join(', ')}%), p90 ${(snapshots[2]!.p90 * 100).toFixed(1)}%`)
+    await mkdir('test/artifacts', { recursive: true })
+    await writeFile('test/artifacts/coordinate-error.json', JSON.stringify({ median, snapshots }, null, 2))
+    expect(snapshots.every((snapshot) => snapshot.pairs === 90)).toBe(true)
+    expect(median).toBeLessThanOrEqual(0.15)
   })
 
   it.each([
@@ -155,7 +190,7 @@ describe('a 10-node mesh in emulated cities', () => {
     }
     console.info(`failure detection after SIGKILL: dead on every node after ${Math.max(...deadAfter.values())} ms (bound ${DETECTION_BOUND_MS} ms + ${SLACK_MS} ms slack)`)
     expect(deadAfter.size).toBe(survivors.length)
-    // Every node passed through suspect on the way (its suspicion lasts 3 s, polled every 100 ms).
+    // Every node passed through suspect on the way (a suspicion lasts at least 2 s, polled every 100 ms).
     expect(seenSuspect.size).toBe(survivors.length)
   })
 })

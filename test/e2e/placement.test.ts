@@ -7,13 +7,15 @@
  * old host, restarted, takes writes no more, and as a (re)joining node takes
  * back about 1/N of the shards and no more; an entity moves across a shard
  * border, and with the target host killed in the middle of the move it stays
- * exactly once, where it was.
+ * exactly once, where it was. All of it with a CPU hog burning one of the
+ * machine's two cores beside the six daemons.
  */
 import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { z } from 'zod'
 import { verifyStatement } from '../../attest/statement.ts'
+import { startCpuHog, type CpuHog } from '../helpers/cpu-hog.ts'
 import { getJson, makeTempDir, runCli, waitFor } from '../helpers/daemons.ts'
 import { metricValue, scrape } from '../helpers/metrics.ts'
 import { pickCities } from '../testbed/geo.ts'
@@ -23,7 +25,6 @@ import type { PlacementView } from '../../p2p/placement/placement.ts'
 
 const REGIONS = ['DE', 'US', 'JP', 'BR', 'AU', 'IN']
 const ALLOWED = new Set(['DE', 'US', 'BR'])
-const LEASE_MS = 6_000
 const SHARDS = 64
 /** The world's shards and the one system shard placement places beside them (the provenance ledger's registrar). */
 const PLACED = SHARDS + 1
@@ -97,7 +98,11 @@ function loads (v: PlacementView): Map<string, number> {
   return counts
 }
 
+let hog: CpuHog | undefined
+
 beforeAll(async () => {
+  // An edge box runs other work: one of this machine's two cores is burnt by another process the whole time.
+  hog = await startCpuHog()
   const dir = await makeTempDir('metagrid-policy-')
   const policyFile = join(dir, 'policy.json')
   await writeFile(policyFile, JSON.stringify({ version: 1, rules: [{ name: 'west-stays-west', match: { shards: ['physics.0.*', 'physics.1.*'] }, allowRegions: [...ALLOWED] }] }))
@@ -105,7 +110,7 @@ beforeAll(async () => {
     cities: pickCities(6),
     nodeArgs: (i) => ['--region', REGIONS[i]!],
     env: {
-      ...placementTestEnv({ side: 800, leaseMs: LEASE_MS }),
+      ...placementTestEnv({ side: 800 }),
       METAGRID_SHARDS_SYNC_INTERVAL_MS: '2000',
       METAGRID_PLACEMENT_POLICY_FILE: policyFile
     }
@@ -114,6 +119,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await bed?.stop()
+  await hog?.stop()
 })
 
 describe('placement on six nodes', () => {
@@ -194,7 +200,9 @@ describe('placement on six nodes', () => {
       return s.lease?.valid === true && s.lease.holder !== dead ? s : undefined
     }, 60_000, 200)
     const failoverMs = Date.now() - killedAt
-    console.log(`failover of ${shard}: ${failoverMs} ms (lease ${LEASE_MS} ms)`)
+    console.log(`failover of ${shard} with the default liveness timeout: ${failoverMs} ms (the placement bench measures it properly)`)
+    // Measured in the bench; this bound only catches a failover that waits for something it should not (a lease term, a death).
+    expect(failoverMs).toBeLessThan(15_000)
     expect(after.lease!.epoch).toBe(epoch + 1)
     const host = indexOf(after.lease!.holder)
     // The new host has what the old one acknowledged.
@@ -211,8 +219,9 @@ describe('placement on six nodes', () => {
     checkPolicy(settled)
     expect([...holders(settled).values()]).not.toContain(dead)
     expect(Math.max(...loads(settled).values())).toBeLessThanOrEqual(Math.ceil(1.25 * PLACED / 5))
-    const metrics = await scrape(bed.nodes[host]!.api)
-    expect(metricValue(metrics, 'metagrid_placement_moves_total', { reason: 'failover' })).toBeGreaterThan(0)
+    // The node that took over may have handed the shard on since: count failovers across the survivors.
+    const failovers = await Promise.all(live.map(async (i) => metricValue(await scrape(bed.nodes[i]!.api), 'metagrid_placement_moves_total', { reason: 'failover' }) ?? 0))
+    expect(failovers.reduce((a, b) => a + b, 0)).toBeGreaterThan(0)
     before = settled
   }, 180_000)
 

@@ -5,7 +5,7 @@
  * address. The testbed cuts and heals links, and kills and restarts nodes;
  * later tests use it for convergence, failover and placement.
  */
-import { mkdir, mkdtemp, rm } from 'node:fs/promises'
+import { cp, mkdir, mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { cleanDaemonEnv, spawnDaemon, type DaemonProcess } from '../../daemon/process.ts'
@@ -81,7 +81,7 @@ export class Testbed {
         '--announce', `/ip4/127.0.0.1/tcp/${slot.relay.port}`,
         '--api', '127.0.0.1:0',
         '--log-format', 'json',
-        '--log-level', this.options.logLevel ?? 'warn',
+        '--log-level', this.options.logLevel ?? process.env.METAGRID_TESTBED_LOG_LEVEL ?? 'warn',
         ...bootstrap.flatMap((addr) => ['--bootstrap', addr]),
         ...(this.options.args ?? []),
         ...(this.options.nodeArgs?.(slot.index) ?? [])
@@ -128,6 +128,12 @@ export class Testbed {
   async stop (): Promise<void> {
     await Promise.all(this.nodes.map(async (node) => node.process.stop('SIGTERM', 5_000)))
     await Promise.all(this.relays.map(async (relay) => relay.close()))
+    // For looking into a failed run afterwards: METAGRID_TESTBED_KEEP_LOGS=DIR keeps each node's log there.
+    const keep = process.env.METAGRID_TESTBED_KEEP_LOGS
+    if (keep != null && keep !== '') {
+      await mkdir(keep, { recursive: true })
+      for (const node of this.nodes) await cp(join(node.dataDir, 'daemon.log'), join(keep, `${Date.now()}-node-${node.index}-${node.peerId.slice(-6)}.log`)).catch(() => {})
+    }
     await rm(this.root, { recursive: true, force: true })
   }
 }

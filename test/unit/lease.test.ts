@@ -34,19 +34,50 @@ describe('leases', () => {
     expect((await voter.vote(await signLease(a.key, terms(a.id, 1), now))).ok).toBe(true)
     const taken = await voter.vote(await signLease(b.key, terms(b.id, 1), now))
     expect(taken).toMatchObject({ ok: false, code: 'EPOCH_TAKEN', epoch: 1, holder: a.id })
-    expect(await voter.vote(await signLease(b.key, terms(b.id, 2), now))).toMatchObject({ ok: false, code: 'HELD' })
+    const afterA = { prevHolder: a.id, prev: [a.id, v.id] }
+    expect(await voter.vote(await signLease(b.key, terms(b.id, 2, afterA), now))).toMatchObject({ ok: false, code: 'HELD' })
     expect((await voter.vote(await signLease(a.key, terms(a.id, 1), now))).ok).toBe(true)
     // A release by the holder lets the named successor in at once.
     const release = await signRelease(a.key, { shard: 'physics.0.0', epoch: 1, to: b.id }, now)
-    expect((await voter.vote(await signLease(b.key, terms(b.id, 2), now), release)).ok).toBe(true)
+    expect((await voter.vote(await signLease(b.key, terms(b.id, 2, afterA), now), release)).ok).toBe(true)
     expect(await voter.vote(await signLease(a.key, terms(a.id, 1), now))).toMatchObject({ ok: false, code: 'STALE_EPOCH', epoch: 2 })
     // After expiry plus the margin, the next epoch is anyone's.
     now += LEASE_MS + 501
-    expect((await voter.vote(await signLease(a.key, terms(a.id, 3), now))).ok).toBe(true)
+    const afterB = { prevHolder: b.id, prev: [b.id, v.id] }
+    expect((await voter.vote(await signLease(a.key, terms(a.id, 3, afterB), now))).ok).toBe(true)
     expect(await voter.vote(await signLease(a.key, terms(a.id, 4, { expiresAt: now + 10 * LEASE_MS }), now))).toMatchObject({ ok: false, code: 'TOO_LONG' })
     // A release signed by someone else, or for another epoch, does not count.
     const forged = await signRelease(b.key, { shard: 'physics.0.0', epoch: 3, to: b.id }, now)
-    expect(await voter.vote(await signLease(b.key, terms(b.id, 4), now), forged)).toMatchObject({ ok: false, code: 'HELD' })
+    const afterA3 = { prevHolder: a.id, prev: [a.id, v.id] }
+    expect(await voter.vote(await signLease(b.key, terms(b.id, 4, afterA3), now), forged)).toMatchObject({ ok: false, code: 'HELD' })
+    // A real release still counts when the claim skips epochs (a claim that failed half-way elsewhere took one).
+    const skipping = await signRelease(a.key, { shard: 'physics.0.0', epoch: 3, to: b.id }, now)
+    expect((await voter.vote(await signLease(b.key, terms(b.id, 5, afterA3), now), skipping)).ok).toBe(true)
+  })
+
+  it('grants a silent holder\'s shards to another and keeps one voter set per epoch', async () => {
+    let now = 2_000_000
+    const [a, b, c, v] = [await node(), await node(), await node(), await node()]
+    const voter = voterOf(v, () => now)
+    const silent = new Set<string>()
+    voter.setSilence({ stands: (holder) => !silent.has(holder), remaining: (holder) => (silent.has(holder) ? 0 : 700), alive: (holder) => { silent.delete(holder) } })
+    const terms = (holder: string, epoch: number, extra: Partial<LeaseTerms> = {}): LeaseTerms => ({ shard: 'w.0.0', epoch, holder, voters: [holder, v.id], prev: [], prevHolder: null, expiresAt: now + LEASE_MS, startedAt: now, ...extra })
+    expect((await voter.vote(await signLease(a.key, terms(a.id, 1), now))).ok).toBe(true)
+    now += LEASE_MS + 501
+    expect((await voter.vote(await signLease(a.key, terms(a.id, 2, { prevHolder: c.id, prev: [c.id, v.id] }), now))).ok).toBe(true)
+    // The same epoch with other voters is not a renewal.
+    expect(await voter.vote(await signLease(a.key, terms(a.id, 2, { prevHolder: c.id, prev: [c.id, v.id], voters: [a.id, v.id, c.id] }), now))).toMatchObject({ ok: false, code: 'EPOCH_TAKEN' })
+    // While the holder keeps its voters' keepalives coming, nobody else gets the next epoch; the refusal says when to ask again.
+    const afterA = { prevHolder: a.id, prev: [a.id, v.id] }
+    expect(await voter.vote(await signLease(b.key, terms(b.id, 3, afterA), now))).toMatchObject({ ok: false, code: 'HELD', retryInMs: 700 })
+    silent.add(a.id)
+    now += 10
+    expect((await voter.vote(await signLease(b.key, terms(b.id, 3, afterA), now))).ok).toBe(true)
+    // Granting heard the new holder: it is not silent.
+    expect(await voter.vote(await signLease(c.key, terms(c.id, 4, { prevHolder: b.id, prev: [b.id, v.id] }), now))).toMatchObject({ ok: false, code: 'HELD' })
+    expect(voter.promisedEpoch('w.0.0')).toBe(3)
+    expect(voter.isHolder(b.id)).toBe(true)
+    expect(voter.isHolder(a.id)).toBe(false)
   })
 
   it('remembers its promises across a restart', async () => {

@@ -1,97 +1,172 @@
-import { describe, expect, it } from 'vitest'
-import { createLogger } from '../../daemon/log/logger.ts'
-import { Membership, type CheckResult } from '../../p2p/membership/membership.ts'
-import { decodeProbeRequest, decodeProbeResponse, encodeProbeRequest, encodeProbeResponse, ProbeProtocolError } from '../../p2p/membership/probe-protocol.ts'
-import { peerIdFromString } from '@libp2p/peer-id'
 import fc from 'fast-check'
+import { peerIdFromString } from '@libp2p/peer-id'
+import { describe, expect, it } from 'vitest'
+import { decodeClaim, encodeClaim } from '../../p2p/membership/membership.ts'
+import { decodeProbeRequest, decodeProbeResponse, encodeProbeRequest, encodeProbeResponse, ProbeProtocolError } from '../../p2p/membership/probe-protocol.ts'
+import { Swim } from '../../p2p/membership/swim.ts'
+import { Refusal } from '../../p2p/admission/refusal.ts'
+import { SwimSim } from '../helpers/swim-sim.ts'
 
-const OPTIONS = { suspectAfterMs: 6_000, deadAfterMs: 10_000, forgetAfterMs: 60_000, tickMs: 500 }
+const IDS = ['a', 'b', 'c', 'd', 'e']
+/** The daemon's defaults (config schema): one probe each 500 ms, 300 ms timeout, 3 helpers, α 4, β 6. */
+const DEFAULTS = { probeIntervalMs: 500, probeTimeoutMs: 300, indirect: 3, suspicionMult: 4, suspicionMaxMult: 6 }
 
-function setup (reachable: (peer: string) => CheckResult) {
-  let now = 0
-  const checks: string[] = []
-  const events: string[] = []
-  const membership = new Membership({
-    check: async (peer) => { checks.push(peer); return reachable(peer) },
-    now: () => now,
-    metrics: null,
-    logger: createLogger({ level: 'silent', format: 'json' })
-  }, OPTIONS)
-  for (const type of ['member:alive', 'member:suspect', 'member:dead', 'member:forgotten'] as const) {
-    membership.addEventListener(type, (event) => { events.push(`${event.detail.peerId}:${type.slice(7)}`) })
-  }
-  /** Advances the clock in ticks, letting the async checks settle after each. */
-  const advance = async (ms: number): Promise<void> => {
-    for (let t = 0; t < ms; t += OPTIONS.tickMs) {
-      now += OPTIONS.tickMs
-      membership.tick()
-      await new Promise((resolve) => setImmediate(resolve))
+const deadTransitions = (sim: SwimSim): string[] => sim.transitions.filter((t) => t.state === 'dead').map((t) => `${t.node} saw ${t.peer} dead at ${t.at}`)
+
+describe('SWIM with Lifeguard (simulated, virtual time)', () => {
+  it('suspects a crashed member within a probe cycle and declares it dead after the suspicion timeout, on every node', () => {
+    const sim = new SwimSim(IDS, DEFAULTS)
+    sim.run(10_000)
+    expect(deadTransitions(sim)).toEqual([])
+    sim.crash('e')
+    const crashedAt = sim.now
+    sim.run(crashedAt + 20_000)
+    for (const id of IDS.slice(0, 4)) {
+      const seen = sim.transitions.filter((t) => t.node === id && t.peer === 'e' && t.at >= crashedAt)
+      const suspect = seen.find((t) => t.state === 'suspect')!.at - crashedAt
+      const dead = seen.find((t) => t.state === 'dead')!.at - crashedAt
+      // A cycle of probes over 4 members is 2 s; then the minimum suspicion, 2 s at this size, once two others confirm.
+      expect(suspect).toBeLessThanOrEqual(2 * 500 * 4)
+      expect(dead - suspect).toBeGreaterThanOrEqual(2_000)
+      expect(dead).toBeLessThanOrEqual(2 * 500 * 4 + 2_000 + 1_000)
     }
-  }
-  return { membership, checks, events, advance, heard: (peer: string) => membership.heard(peer, 'report') }
-}
+  })
 
-describe('membership', () => {
-  it('keeps a member alive while its reports arrive, without checking it', async () => {
-    const { membership, checks, advance, heard } = setup(() => null)
-    for (let i = 0; i < 20; i++) {
-      heard('a')
-      await advance(2_000)
+  it('declares nobody dead when one node stalls for 500 ms every 10 s for two minutes', () => {
+    const sim = new SwimSim(IDS, DEFAULTS)
+    sim.run(5_000)
+    for (let t = 5_000; t < 125_000; t += 10_000) {
+      sim.stall('c', 500)
+      sim.run(t + 10_000)
     }
-    expect(membership.get('a')?.state).toBe('alive')
-    expect(checks).toEqual([])
+    expect(deadTransitions(sim)).toEqual([])
+    // The stalled node was suspected at times and refuted each time (its incarnation rose), or was never suspected at all.
+    const suspicions = sim.transitions.filter((t) => t.peer === 'c' && t.state === 'suspect').length
+    const refutations = sim.swim('c').incarnation - 1_002
+    expect(suspicions === 0 || refutations > 0).toBe(true)
   })
 
-  it('suspects a silent, unreachable member after the timeout, then declares it dead', async () => {
-    const { membership, events, advance, heard } = setup(() => null)
-    heard('a')
-    await advance(5_500)
-    expect(membership.get('a')?.state).toBe('alive')
-    await advance(500)
-    expect(membership.get('a')?.state).toBe('suspect')
-    await advance(9_500)
-    expect(membership.get('a')?.state).toBe('suspect')
-    await advance(500)
-    expect(membership.get('a')?.state).toBe('dead')
-    expect(events).toEqual(['a:alive', 'a:suspect', 'a:dead'])
+  it('a stalled node accuses nobody: what timed out while it was stuck proves nothing', () => {
+    const sim = new SwimSim(IDS, DEFAULTS)
+    sim.run(5_000)
+    for (let t = 5_000; t < 65_000; t += 3_000) {
+      sim.stallWhenProbing('a', 1_500)
+      sim.run(t + 3_000)
+    }
+    const accused = sim.claims.filter((c) => c.from === 'a' && c.claim.kind !== 'alive')
+    expect(accused).toEqual([])
+    expect(deadTransitions(sim)).toEqual([])
   })
 
-  it('does not suspect a silent member that others can still reach (one bad link)', async () => {
-    const { membership, checks, advance, heard } = setup(() => 'indirect')
-    heard('a')
-    await advance(60_000)
-    expect(membership.get('a')?.state).toBe('alive')
-    expect(checks.length).toBeGreaterThan(5)
+  it('a slow node widens its own timeouts (local health), and narrows them again once probes succeed', () => {
+    const swim = new Swim('a', 1, DEFAULTS)
+    for (const peer of ['b', 'c', 'd']) swim.heard(peer, 0)
+    swim.tick(0)
+    const first = swim.drain().find((action) => action.t === 'probe')
+    expect(first).toMatchObject({ timeoutMs: 300 })
+    swim.stalled(1_000, 600)
+    swim.stalled(2_000, 600)
+    expect(swim.localHealth).toBe(2)
+    swim.tick(10_000)
+    const slow = swim.drain().find((action) => action.t === 'probe')
+    expect(slow).toMatchObject({ timeoutMs: 900 })
+    if (slow?.t !== 'probe') throw new Error('expected a probe')
+    // A probe whose timer fired far too late (this node was stuck) is not a failure of the member.
+    swim.probeDone(slow.id, { ok: false }, 10_000 + 5_000)
+    expect(swim.drain().filter((action) => action.t === 'probe-indirect')).toEqual([])
+    expect(swim.localHealth).toBe(3)
+    for (let t = 20_000; swim.localHealth > 0 && t < 100_000; t += 5_000) {
+      swim.tick(t)
+      const probe = swim.drain().find((action) => action.t === 'probe')
+      if (probe?.t === 'probe') swim.probeDone(probe.id, { ok: true }, t + 1)
+    }
+    expect(swim.localHealth).toBe(0)
   })
 
-  it('lets a report refute suspicion and revive the dead', async () => {
-    const { membership, events, advance, heard } = setup(() => null)
-    heard('a')
-    await advance(7_000)
-    expect(membership.get('a')?.state).toBe('suspect')
-    heard('a')
-    expect(membership.get('a')?.state).toBe('alive')
-    await advance(17_000)
-    expect(membership.get('a')?.state).toBe('dead')
-    heard('a')
-    expect(membership.get('a')?.state).toBe('alive')
-    expect(events).toEqual(['a:alive', 'a:suspect', 'a:alive', 'a:suspect', 'a:dead', 'a:alive'])
+  it('a suspect refutes with a higher incarnation, and everyone takes it back', () => {
+    const sim = new SwimSim(IDS, DEFAULTS)
+    sim.run(3_000)
+    const before = sim.swim('d').incarnation
+    // b claims d is suspect (a mistake, or a lie): the others suspect d until d, hearing of it, refutes.
+    const claim = { kind: 'suspect' as const, subject: 'd', incarnation: before }
+    for (const id of ['a', 'c', 'd', 'e']) sim.swim(id).claim('b', claim, sim.now)
+    expect(sim.stateOf('a', 'd')).toBe('suspect')
+    expect(sim.swim('d').incarnation).toBe(before + 1)
+    const refutation = sim.swim('d').drain().find((action) => action.t === 'broadcast')
+    expect(refutation).toMatchObject({ claim: { kind: 'alive', subject: 'd', incarnation: before + 1 } })
+    for (const id of ['a', 'b', 'c', 'e']) sim.swim(id).claim('d', (refutation as { claim: typeof claim }).claim, sim.now)
+    for (const id of ['a', 'b', 'c', 'e']) expect(sim.stateOf(id, 'd')).toBe('alive')
   })
 
-  it('does not suspect on one failed probe of a member heard from recently', async () => {
-    const { membership, advance, heard } = setup(() => null)
-    heard('a')
-    membership.probeFailed('a')
-    await advance(1_000)
-    expect(membership.get('a')?.state).toBe('alive')
+  it('refuses claims that would let one node kill or revive another on its own say', () => {
+    const swim = new Swim('a', 1, DEFAULTS)
+    swim.heard('b', 0)
+    expect(swim.claim('b', { kind: 'alive', subject: 'b', incarnation: 7 }, 0)).toBe('applied')
+    // Only b may say b is alive; an incarnation b never announced is refused; a death claim is one confirmation, not a death.
+    expect(swim.claim('c', { kind: 'alive', subject: 'b', incarnation: 99 }, 0)).toBe('implausible')
+    expect(swim.claim('c', { kind: 'suspect', subject: 'b', incarnation: 8 }, 0)).toBe('implausible')
+    expect(swim.claim('c', { kind: 'suspect', subject: 'b', incarnation: 6 }, 0)).toBe('stale')
+    expect(swim.claim('c', { kind: 'dead', subject: 'b', incarnation: 7 }, 0)).toBe('applied')
+    expect(swim.get('b')?.state).toBe('suspect')
+    expect(swim.claim('c', { kind: 'suspect', subject: 'b', incarnation: Date.now() + 2 * 86_400_000 }, Date.now())).toBe('implausible')
+    // About a member that never announced an incarnation: not believed, looked at instead.
+    swim.heard('z', 0)
+    swim.drain()
+    expect(swim.claim('c', { kind: 'suspect', subject: 'z', incarnation: 1 }, 0)).toBe('unknown')
+    expect(swim.drain().some((action) => action.t === 'probe' && action.peer === 'z')).toBe(true)
   })
 
-  it('forgets the dead after a while', async () => {
-    const { membership, events, advance, heard } = setup(() => null)
-    heard('a')
-    await advance(16_000 + 60_000)
-    expect(membership.get('a')).toBeUndefined()
-    expect(events.at(-1)).toBe('a:forgotten')
+  it('confirmations from other members bring the suspicion timeout down from its maximum to its minimum', () => {
+    const swim = new Swim('a', 1, DEFAULTS)
+    for (const peer of ['b', 'c', 'd', 'e', 'f']) swim.heard(peer, 0)
+    // α · max(1, log10 6) · 500 ms = 2 s; β = 6 makes the unconfirmed one 12 s; K = α − 2 = 2 confirmations.
+    expect(swim.suspicionTimeout(0)).toBe(12_000)
+    expect(swim.suspicionTimeout(1)).toBeLessThan(12_000)
+    expect(swim.suspicionTimeout(1)).toBeGreaterThan(2_000)
+    expect(swim.suspicionTimeout(2)).toBe(2_000)
+    expect(swim.suspicionTimeout(10)).toBe(2_000)
+  })
+
+  it('does not suspect a member that others can still reach (one bad link)', () => {
+    const sim = new SwimSim(IDS, DEFAULTS)
+    sim.setLink('a', 'b', false)
+    sim.run(60_000)
+    expect(sim.transitions.filter((t) => t.peer === 'b' && t.state !== 'alive')).toEqual([])
+  })
+
+  it('a member cut off from everyone, and declared dead, comes back once it is heard from again', () => {
+    const sim = new SwimSim(IDS, DEFAULTS)
+    sim.run(3_000)
+    for (const other of IDS) if (other !== 'e') sim.setLink('e', other, false)
+    sim.run(30_000)
+    expect(sim.stateOf('a', 'e')).toBe('dead')
+    for (const other of IDS) if (other !== 'e') sim.setLink('e', other, true)
+    // Its next load report reaches a: a tells it it is dead, it refutes, everyone revives it.
+    sim.swim('a').heard('e', sim.now)
+    sim.run(sim.now + 1)
+    sim.run(sim.now + 2_000)
+    for (const id of ['a', 'b', 'c', 'd']) expect(sim.stateOf(id, 'e')).toBe('alive')
+  })
+})
+
+describe('membership claim codec', () => {
+  const subject = '12D3KooWNFBn5sWgNob1oDEUEkPbomk8gWA39jVo8QBQSF42p4PR'
+
+  it('round-trips claims', () => {
+    for (const kind of ['alive', 'suspect', 'dead'] as const) {
+      expect(decodeClaim(encodeClaim({ kind, subject, incarnation: 1_764_000_000_123 }))).toEqual({ kind, subject, incarnation: 1_764_000_000_123 })
+    }
+  })
+
+  it('refuses garbage with a refusal, never a crash', () => {
+    fc.assert(fc.property(fc.uint8Array({ maxLength: 300 }), (bytes) => {
+      try {
+        decodeClaim(bytes)
+        return false
+      } catch (err) {
+        return err instanceof Refusal && err.action === 'reject'
+      }
+    }), { numRuns: 500 })
   })
 })
 

@@ -49,6 +49,8 @@ export interface ShardRouteComponents {
   maxValueBytes: number
   /** Refuses a write this node may not take under the lease rules (placement.ts), before anything is read or written. */
   guardWrite?: (shard: string, epoch: number | undefined) => void
+  /** After a write is durable here: waits for the shard's write concern (a majority of its voters for host layers); throws an ApiError when it is not met. */
+  writeConcern?: (shard: string) => Promise<void>
 }
 
 /** Clients of host-authoritative shards name the lease epoch they believe in; a write under an older one is refused. */
@@ -132,6 +134,12 @@ export function registerShardRoutes (app: FastifyInstance, deps: ShardRouteCompo
     announce(shard, replication.shard(shard).doc, result.entities, result.counters, 'remote')
   })
 
+  /** A write is answered once durable here and, where the shard asks for it, on a majority of its voters. */
+  const commit = async (shard: string, target: ShardStore): Promise<void> => {
+    await target.commit()
+    await deps.writeConcern?.(shard)
+  }
+
   const written = (shard: ShardStore, extra: Record<string, unknown>): Record<string, unknown> => ({
     shard: shard.shard,
     ...extra,
@@ -182,7 +190,7 @@ export function registerShardRoutes (app: FastifyInstance, deps: ShardRouteCompo
         checkValues(entity, body.components, deps.maxValueBytes)
         if (kind === 'put') target.doc.putEntity(entity, body.components as Record<string, JsonValue>)
         else target.doc.patchEntity(entity, body.components as Record<string, JsonValue | null>)
-        await target.commit()
+        await commit(shard, target)
         metrics?.crdtWrites.inc({ kind })
         announce(shard, target.doc, [entity], [], 'local')
         return written(target, { entity })
@@ -194,7 +202,7 @@ export function registerShardRoutes (app: FastifyInstance, deps: ShardRouteCompo
     const { shard, entity } = parseInput(entityParams, request.params, 'params')
     const target = store(shard)
     const deleted = target.doc.deleteEntity(entity)
-    await target.commit()
+    await commit(shard, target)
     if (deleted) {
       metrics?.crdtWrites.inc({ kind: 'delete' })
       announce(shard, target.doc, [entity], [], 'local')
@@ -207,7 +215,7 @@ export function registerShardRoutes (app: FastifyInstance, deps: ShardRouteCompo
     const body = parseInput(incrementBody, request.body ?? {}, 'body')
     const target = store(shard)
     target.doc.increment(counter, body.by)
-    await target.commit()
+    await commit(shard, target)
     metrics?.crdtWrites.inc({ kind: 'increment' })
     announce(shard, target.doc, [], [counter], 'local')
     return written(target, { name: counter, value: target.doc.counter(counter) })
@@ -234,7 +242,7 @@ export function registerShardRoutes (app: FastifyInstance, deps: ShardRouteCompo
         case 'increment': target.doc.increment(op.counter, op.by); counters.add(op.counter); break
       }
     }
-    await target.commit()
+    await commit(shard, target)
     metrics?.crdtWrites.inc({ kind: 'batch' }, body.ops.length)
     announce(shard, target.doc, entities, counters, 'local')
     return written(target, { ops: body.ops.length })
