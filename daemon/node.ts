@@ -56,6 +56,9 @@ import type { PrivateKey } from '@libp2p/interface'
 import type { FastifyInstance } from 'fastify'
 import type { Level } from 'level'
 
+/** Key in the node's own sublevel under which the peers it was connected to are kept for its next start. */
+const REMEMBERED_PEERS_KEY = 'remembered-peers'
+
 export class AddressInUseError extends Error {
   static override name = 'AddressInUseError'
   override name = 'AddressInUseError'
@@ -163,7 +166,16 @@ export class MetagridNode {
       telemetry: config.telemetry,
       membership: { probeIntervalMs: config.probes.intervalMs, probeTimeoutMs: config.probes.timeoutMs, indirect: config.probes.indirect, ...config.membership }
     })
-    const bootstrap = new BootstrapKeeper({ libp2p, metrics, logger }, { ...defaultBootstrapOptions, addrs: config.bootstrap })
+    const nodeLevel = database.sublevel(SUBLEVELS.node)
+    const remembered = {
+      load: async () => {
+        const bytes = await nodeLevel.get(REMEMBERED_PEERS_KEY)
+        const parsed: unknown = bytes == null ? [] : JSON.parse(Buffer.from(bytes).toString('utf8'))
+        return Array.isArray(parsed) ? parsed.filter((a): a is string => typeof a === 'string') : []
+      },
+      save: async (addrs: string[]) => { await nodeLevel.put(REMEMBERED_PEERS_KEY, Buffer.from(JSON.stringify(addrs))) }
+    }
+    const bootstrap = new BootstrapKeeper({ libp2p, metrics, logger, remembered }, { ...defaultBootstrapOptions, addrs: config.bootstrap })
     this.catalog = new Catalog({
       libp2p,
       privateKey,
@@ -348,7 +360,7 @@ export class MetagridNode {
         stop: async () => libp2p.stop()
       },
       { name: 'mesh', start: async () => this.mesh.start(), stop: async () => this.mesh.stop() },
-      { name: 'bootstrap', start: () => bootstrap.start(), stop: () => bootstrap.stop() },
+      { name: 'bootstrap', start: async () => bootstrap.start(), stop: async () => bootstrap.stop() },
       { name: 'catalog', start: async () => this.catalog.start(), stop: async () => this.catalog.stop() },
       { name: 'replication', start: async () => this.replication.start(), stop: async () => this.replication.stop() },
       { name: 'provenance', start: async () => this.provenance.start(), stop: async () => this.provenance.stop() },

@@ -6,6 +6,11 @@
  *
  * This replaces a one-shot bootstrap: a daemon that runs for months cannot
  * depend on its first dial succeeding.
+ *
+ * Besides the configured list it dials the peers it was connected to when it
+ * last ran (`remembered`, saved every few minutes and at stop), so a node
+ * restarted without `--bootstrap` finds its mesh again (libp2p's peer store
+ * lives in memory).
  */
 import { multiaddr } from '@multiformats/multiaddr'
 import type { MetagridLibp2p } from './libp2p.ts'
@@ -31,11 +36,22 @@ export const defaultBootstrapOptions: Omit<BootstrapOptions, 'addrs'> = {
   checkEveryMs: 30_000
 }
 
+/** Where the addresses of the peers this node was connected to are kept across restarts. */
+export interface PeerMemory {
+  load: () => Promise<string[]>
+  save: (addrs: string[]) => Promise<void>
+}
+
 export interface BootstrapComponents {
   libp2p: MetagridLibp2p
   metrics: P2pMetrics | null
   logger: Logger
+  remembered?: PeerMemory
 }
+
+/** Peers remembered across a restart, at most. */
+const MAX_REMEMBERED = 32
+const SAVE_EVERY_MS = 300_000
 
 export class BootstrapKeeper {
   private readonly components: BootstrapComponents
@@ -45,6 +61,8 @@ export class BootstrapKeeper {
   private retryMs: number
   private failedRounds = 0
   private running = false
+  private remembered: string[] = []
+  private saveTimer: NodeJS.Timeout | undefined
 
   constructor (components: BootstrapComponents, options: BootstrapOptions) {
     this.components = components
@@ -53,15 +71,36 @@ export class BootstrapKeeper {
     this.log = components.logger.child({ component: 'metagrid:bootstrap' })
   }
 
-  start (): void {
-    if (this.options.addrs.length === 0) return
+  async start (): Promise<void> {
+    const memory = this.components.remembered
+    if (memory != null) {
+      this.remembered = (await memory.load().catch(() => [])).filter((addr) => !this.options.addrs.includes(addr)).slice(0, MAX_REMEMBERED)
+      this.saveTimer = setInterval(() => { void this.save() }, SAVE_EVERY_MS)
+      this.saveTimer.unref()
+    }
+    if (this.options.addrs.length === 0 && this.remembered.length === 0) return
     this.running = true
     void this.round()
   }
 
-  stop (): void {
+  async stop (): Promise<void> {
     this.running = false
     clearTimeout(this.timer)
+    clearInterval(this.saveTimer)
+    await this.save()
+  }
+
+  /** Saves the dialable addresses (with peer id) of the peers connected now, if there are any. */
+  private async save (): Promise<void> {
+    const { libp2p, remembered } = this.components
+    if (remembered == null) return
+    const addrs: string[] = []
+    for (const peer of libp2p.getPeers().slice(0, MAX_REMEMBERED)) {
+      const stored = await libp2p.peerStore.get(peer).catch(() => undefined)
+      const addr = stored?.addresses[0]?.multiaddr
+      if (addr != null) addrs.push(addr.encapsulate(`/p2p/${peer.toString()}`).toString())
+    }
+    if (addrs.length > 0) await remembered.save(addrs).catch((err: unknown) => { this.log.debug({ err }, 'could not save the peers to remember') })
   }
 
   private schedule (ms: number): void {
@@ -80,7 +119,7 @@ export class BootstrapKeeper {
       return
     }
     const connected = new Set(libp2p.getPeers().map(String))
-    const targets = this.options.addrs.filter((addr) => !connected.has(multiaddr(addr).getComponents().find((c) => c.name === 'p2p')?.value ?? ''))
+    const targets = [...this.options.addrs, ...this.remembered].filter((addr) => !connected.has(multiaddr(addr).getComponents().find((c) => c.name === 'p2p')?.value ?? ''))
     const results = await Promise.allSettled(targets.map(async (addr) => libp2p.dial(multiaddr(addr))))
     let succeeded = 0
     results.forEach((result, i) => {

@@ -23,9 +23,9 @@ export type Sublevel = AbstractSublevel<RootLevel, string | Uint8Array | Buffer,
 
 /** Sublevel names, one per concern; listed here so two concerns never share a prefix by accident. */
 export const SUBLEVELS = {
-  /** libp2p's datastore: peer store (and with it the DHT routing table) and DHT records. */
+  /** libp2p's datastore: DHT records and provider records (the peer store lives in memory). */
   libp2p: 'libp2p',
-  /** The node's own bookkeeping: uptime sessions. */
+  /** The node's own bookkeeping: uptime sessions, the peers to dial again after a restart. */
   node: 'node',
   /** Shard state: a snapshot and a log of deltas per shard. */
   crdt: 'crdt',

@@ -74,6 +74,8 @@ export const defaultSwimOptions: SwimOptions = {
 
 /** Claims from further ahead than this (ms of incarnation past the local clock) are implausible: incarnations start at the wall clock. */
 export const MAX_INCARNATION_AHEAD_MS = 86_400_000
+/** A member that joins is told this node's incarnation this soon after (joins within it share one announcement). */
+const ANNOUNCE_AFTER_JOIN_MS = 1_000
 /** A stall of the local event loop at least this long (or a timer this late) makes this node doubt what it saw meanwhile. */
 const STALL_MS = 100
 
@@ -134,6 +136,8 @@ export class Swim {
   private nextId = 1
   private nextProbeAt = 0
   private nextAnnounceAt = 0
+  /** Announcements made so far: the first few come quickly, while the gossip mesh forms. */
+  private announcements = 0
   private health = 0
   private lastStallEnd = -Infinity
   private lastStallMs = 0
@@ -177,7 +181,8 @@ export class Swim {
   tick (now: number): void {
     if (now >= this.nextAnnounceAt) {
       this.emit({ t: 'broadcast', claim: { kind: 'alive', subject: this.self, incarnation: this.currentIncarnation } })
-      this.nextAnnounceAt = now + this.options.announceEveryMs
+      // The first announcements go out while the gossip mesh forms and may reach no one: 1 s, 3 s, 9 s apart, then the period.
+      this.nextAnnounceAt = now + Math.min(this.options.announceEveryMs, ANNOUNCE_AFTER_JOIN_MS * 3 ** this.announcements++)
     }
     if (now >= this.nextProbeAt) {
       this.nextProbeAt = now + this.options.probeIntervalMs * (this.health + 1)
@@ -363,6 +368,10 @@ export class Swim {
   private track (peer: string, incarnation: number | null, now: number, reason: string): void {
     this.members.set(peer, { peerId: peer, state: 'alive', incarnation, lastHeard: now, since: now, reason, suspicion: null, nudgedAt: -Infinity })
     this.emit({ t: 'changed', peer, previous: null, state: 'alive', reason })
+    // A new member has not heard our incarnation (our last announcement went out before it joined, or to no one
+    // at all while the gossip mesh formed), and without it its suspicions of us, or ours confirmed by it, do not
+    // count: announce again soon, once for every member that joins meanwhile.
+    this.nextAnnounceAt = Math.min(this.nextAnnounceAt, now + ANNOUNCE_AFTER_JOIN_MS)
   }
 
   private nextTarget (): string | undefined {

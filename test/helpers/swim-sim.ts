@@ -30,6 +30,8 @@ interface SimNode {
 export interface Transition { at: number, node: string, peer: string, state: string }
 
 export class SwimSim {
+  /** Broadcasts sent before this time reach nobody (a gossip mesh still forming at start). */
+  broadcastsLostUntil = -1
   now = 0
   readonly nodes = new Map<string, SimNode>()
   readonly transitions: Transition[] = []
@@ -208,6 +210,8 @@ export class SwimSim {
       }
       case 'broadcast':
         this.claims.push({ at: sentAt, from: node.id, claim: action.claim })
+        // As gossip before its mesh has formed: sent to no one.
+        if (sentAt < this.broadcastsLostUntil) break
         for (const other of this.nodes.values()) {
           if (other.id === node.id || !this.linked(node.id, other.id)) continue
           this.push({ at: sentAt + this.delayMs, kind: 'io', node: other.id, run: () => { other.swim.claim(node.id, action.claim, this.now); this.drain(other) } })

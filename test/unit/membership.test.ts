@@ -32,6 +32,20 @@ describe('SWIM with Lifeguard (simulated, virtual time)', () => {
     }
   })
 
+  it('announces again soon after start and after a join, so suspicions of a crash are confirmed even when the first announcement was lost', () => {
+    const sim = new SwimSim(IDS, DEFAULTS)
+    // Everyone's first announcement reaches no one (the gossip mesh is still forming); the next ones, a second later, do.
+    sim.broadcastsLostUntil = 1
+    sim.run(3_000)
+    sim.crash('e')
+    const crashedAt = sim.now
+    sim.run(crashedAt + 20_000)
+    const deaths = sim.transitions.filter((t) => t.peer === 'e' && t.state === 'dead')
+    expect(deaths).toHaveLength(4)
+    // Confirmed: the minimum suspicion, not the 12 s an unconfirmed one lasts.
+    for (const death of deaths) expect(death.at - crashedAt).toBeLessThanOrEqual(2 * 500 * 4 + 2_000 + 1_000)
+  })
+
   it('declares nobody dead when one node stalls for 500 ms every 10 s for two minutes', () => {
     const sim = new SwimSim(IDS, DEFAULTS)
     sim.run(5_000)
