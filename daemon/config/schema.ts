@@ -57,8 +57,12 @@ const connectionsSchema = z.strictObject({
 const ipAddress = z.union([z.ipv4(), z.ipv6()], { error: 'expected an IPv4 or IPv6 address such as 192.0.2.10' })
 
 const telemetrySchema = z.strictObject({
-  /** Two seconds keeps load and liveness fresh for real-time placement at ~150 bytes/s per node. */
-  intervalMs: z.int().min(100).max(600_000).default(2_000),
+  /**
+   * Five seconds keeps load fresh enough for placement (which moves a shard only after minutes of hysteresis);
+   * every report reaches every node, several copies each, so this is the largest share of an idle node's traffic.
+   * Liveness does not depend on it (membership probes).
+   */
+  intervalMs: z.int().min(100).max(600_000).default(5_000),
   /** Reports older than this are ignored rather than applied: a node's load from 30 s ago misleads more than it informs. */
   staleAfterMs: z.int().min(1_000).max(3_600_000).default(30_000),
   /** A report from further in the future than this is ignored: the sender's clock is wrong. */
@@ -97,8 +101,11 @@ const shardsSchema = z.strictObject({
   sync: z.boolean().default(false),
   /** Log records after which the shard's log is folded into its snapshot. */
   compactEveryRecords: z.int().min(10).max(1_000_000).default(2_000),
-  /** Anti-entropy with one random replica of each shard this often (and on connect, and when a peer comes back). */
-  syncIntervalMs: z.int().min(500).max(3_600_000).default(10_000),
+  /**
+   * Anti-entropy with one random replica of each shard this often. It is the backstop: a gossiped batch that shows
+   * a gap, a new connection and a peer back from suspect or dead each start a session at once.
+   */
+  syncIntervalMs: z.int().min(500).max(3_600_000).default(30_000),
   /** A remote write whose clock is further ahead of ours than this is refused. */
   maxClockDriftMs: z.int().min(100).max(86_400_000).default(60_000),
   /** Largest JSON value of one component, in bytes. */

@@ -38,6 +38,9 @@ const DETECTION_BOUND_MS = 9 * 500 + 2 * 300 + 12_000
 /** Room for a two-core machine running ten daemons beside a CPU hog. */
 const SLACK_MS = 4000
 
+/** The node whose event loop the stall test freezes. */
+const STALLED = 3
+
 let bed: Testbed
 
 const mesh = async (index: number): Promise<MeshView> => getJson<MeshView>(bed.nodes[index]!.api, '/v1/mesh')
@@ -89,7 +92,7 @@ describe('a 10-node mesh in emulated cities', () => {
   })
 
   it('declares no one dead over two minutes while one node\'s event loop stalls 500 ms every five seconds', async () => {
-    const stalled = bed.nodes[3]!
+    const stalled = bed.nodes[STALLED]!
     const pid = stalled.process.child.pid!
     const deaths = async (): Promise<number> => (await Promise.all(bed.nodes.map(async (node) => metricValue(await scrape(node.api), 'metagrid_member_transitions_total', { to: 'dead' }) ?? 0))).reduce((a, b) => a + b, 0)
     const before = await deaths()
@@ -102,7 +105,7 @@ describe('a 10-node mesh in emulated cities', () => {
       process.kill(pid, 'SIGCONT')
       stalls++
       await new Promise((resolve) => setTimeout(resolve, 4_500))
-      for (const node of bed.nodes) expect(stateOf(await mesh(node.index), node.index === 3 ? bed.nodes[0]!.peerId : stalled.peerId), `node ${node.index}`).not.toBe('dead')
+      for (const node of bed.nodes) expect(stateOf(await mesh(node.index), node.index === STALLED ? bed.nodes[0]!.peerId : stalled.peerId), `node ${node.index}`).not.toBe('dead')
     }
     const health = metricValue(await scrape(stalled.api), 'metagrid_local_health') ?? 0
     console.info(`${stalls} stalls of 500 ms on node 3: no death; its local health is ${health}`)
@@ -114,9 +117,12 @@ describe('a 10-node mesh in emulated cities', () => {
     const index = new Map(bed.nodes.map((node) => [node.peerId, node.index]))
     const measure = async (): Promise<{ median: number, p90: number, pairs: number }> => {
       const errors: number[] = []
+      // Node 3 was stalled 500 ms every five seconds in the test before: every RTT measured to or by it was
+      // inflated on purpose, so pairs with it are left out (72 of the 90).
       for (const node of bed.nodes) {
+        if (node.index === STALLED) continue
         for (const peer of (await mesh(node.index)).peers) {
-          if (peer.rttEstimateMs == null) continue
+          if (peer.rttEstimateMs == null || index.get(peer.peerId) === STALLED) continue
           const truth = bed.rttMs(node.index, index.get(peer.peerId)!)
           errors.push(Math.abs(peer.rttEstimateMs - truth) / truth)
         }
@@ -137,7 +143,7 @@ describe('a 10-node mesh in emulated cities', () => {
     console.info(`coordinate error after about 3 minutes on 10 emulated cities: median ${(median * 100).toFixed(1)}% (snapshots ${medians.map((m) => (m * 100).toFixed(1)).join(', ')}%), p90 ${(snapshots[2]!.p90 * 100).toFixed(1)}%`)
     await mkdir('test/artifacts', { recursive: true })
     await writeFile('test/artifacts/coordinate-error.json', JSON.stringify({ median, snapshots }, null, 2))
-    expect(snapshots.every((snapshot) => snapshot.pairs === 90)).toBe(true)
+    expect(snapshots.every((snapshot) => snapshot.pairs === 72)).toBe(true)
     expect(median).toBeLessThanOrEqual(0.15)
   })
 

@@ -159,10 +159,59 @@ async function failover (trials: number, hog: boolean): Promise<Record<string, u
   return { trials, hog, writeServedMs: summary(writes, 0), nextEpochSeenMs: summary(leases, 0) }
 }
 
+/**
+ * What the majority write concern costs: PUT latency at a shard's host on a
+ * 4-daemon testbed in emulated cities, for a host layer with the default
+ * `majority` concern beside the same layer set to `local`, one writer at a
+ * time and 16 at once (group commit shares the round trip to the voters).
+ */
+async function writeConcern (): Promise<Record<string, unknown>> {
+  const layers = [{ name: 'physics', consistency: 'host' }, { name: 'quick', consistency: 'host', writeConcern: 'local' }]
+  const bed = await Testbed.start({ cities: pickCities(4), env: { ...placementTestEnv({ side: 400 }), METAGRID_PLACEMENT_WORLD_LAYERS: JSON.stringify(layers) } })
+  try {
+    // Settled: every shard leased to its desired host, with the voters placement wants.
+    let v: PlacementView
+    for (;;) {
+      v = await (await fetch(`${bed.nodes[0]!.api}/v1/placement`)).json() as PlacementView
+      if (v.candidates.length === 4 && v.shards.every((x) => x.lease?.valid === true && x.lease.holder === x.host && x.lease.voters.length === 3)) break
+      await sleep(500)
+    }
+    await sleep(5_000)
+    const indexOf = (peer: string): number => bed.nodes.findIndex((n) => n.peerId === peer)
+    const put = async (node: number, shard: string, entity: string): Promise<number> => {
+      const started = performance.now()
+      const response = await fetch(`${bed.nodes[node]!.api}/v1/shards/${shard}/entities/${entity}`, { method: 'PUT', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ components: { v: 1 } }) })
+      await response.arrayBuffer()
+      if (response.status !== 200) throw new Error(`write to ${shard} answered ${response.status}`)
+      return performance.now() - started
+    }
+    // The same cell in both layers, with the same host when there is one, so the two differ only in the concern.
+    const cells = v.shards.filter((x) => x.shard.startsWith('physics.')).map((x) => x.shard.slice('physics.'.length))
+    const holderOf = (id: string): string | undefined => v.shards.find((x) => x.shard === id)?.lease?.holder
+    const cell = cells.find((c) => holderOf(`physics.${c}`) === holderOf(`quick.${c}`)) ?? cells[0]!
+    const measure = async (layer: string): Promise<Record<string, unknown>> => {
+      const shard = v.shards.find((x) => x.shard === `${layer}.${cell}`)!
+      const host = indexOf(shard.lease!.holder)
+      const voterRtts = shard.lease!.voters.filter((p) => p !== shard.lease!.holder).map((p) => Math.round(bed.rttMs(host, indexOf(p))))
+      const sequential: number[] = []
+      for (let i = 0; i < 200; i++) sequential.push(await put(host, shard.shard, `s${i}`))
+      const concurrent: number[] = []
+      const started = performance.now()
+      await Promise.all(Array.from({ length: 16 }, async (_, w) => { for (let i = 0; i < 25; i++) concurrent.push(await put(host, shard.shard, `c${w}-${i}`)) }))
+      const seconds = (performance.now() - started) / 1000
+      return { shard: shard.shard, emulatedRttToVotersMs: voterRtts, oneWriterMs: summary(sequential), sixteenWritersMs: summary(concurrent), sixteenWritersPerS: Math.round(concurrent.length / seconds) }
+    }
+    return { majority: await measure('physics'), local: await measure('quick') }
+  } finally {
+    await bed.stop()
+  }
+}
+
 export async function run (): Promise<Record<string, unknown>> {
   return {
     churn: [churn(10_000, 10), churn(10_000, 100), churn(10_000, 1_000)],
     compute: computeTime(10_000, 1_000, 5),
+    writeConcern: await writeConcern(),
     failover: {
       settings: 'defaults: probes every 500 ms (300 ms timeout), Lifeguard suspicion, keepalives every 250 ms, liveness timeout 1500 ms',
       idle: await failover(12, false),
