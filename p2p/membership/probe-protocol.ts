@@ -117,7 +117,7 @@ export async function handleProbes (components: ProbeHandlerComponents): Promise
 /** Asks `helper` to ping `target`; resolves to the RTT it measured, or null when it could not reach it. */
 export async function requestProbe (libp2p: MetagridLibp2p, helper: PeerId, target: PeerId, timeoutMs: number): Promise<number | null> {
   const signal = AbortSignal.timeout(timeoutMs + 1_000)
-  const stream = await libp2p.dialProtocol(helper, PROBE_PROTOCOL, { signal })
+  const stream = await libp2p.dialProtocol(helper, PROBE_PROTOCOL, { signal, negotiateFully: false })
   try {
     const lp = lpStream(stream, { maxDataLength: MAX_FRAME_BYTES })
     await lp.write(encodeProbeRequest({ target, timeoutMs }), { signal })

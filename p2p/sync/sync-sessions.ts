@@ -236,7 +236,8 @@ export class SyncSessions {
     const stats = emptyStats()
     let stream: Stream
     try {
-      stream = await libp2p.dialProtocol(peer, SYNC_PROTOCOL, { signal })
+      // The hello goes out with the protocol name in one message.
+      stream = await libp2p.dialProtocol(peer, SYNC_PROTOCOL, { signal, negotiateFully: false })
     } catch (err) {
       metrics?.crdtSyncSessions.inc({ role: 'asker', result: 'unreachable' })
       this.log.debug({ shard, peer: peer.toString(), err }, 'sync: could not open a stream')
