@@ -18,7 +18,8 @@ export async function requestOnce (libp2p: MetagridLibp2p, peer: PeerId, protoco
     const lp = lpStream(stream, { maxDataLength: options.maxFrameBytes })
     await lp.write(request, { signal })
     const answer = (await lp.read({ signal })).subarray()
-    await stream.close({ signal })
+    // The answer is in: closing waits for the other side's close, one more round trip the caller need not wait for.
+    void stream.close({ signal }).catch((err: unknown) => { stream.abort(err as Error) })
     return answer
   } catch (err) {
     stream.abort(err as Error)
