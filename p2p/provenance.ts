@@ -24,7 +24,7 @@ import { lpStream } from '@libp2p/utils'
 import { encodeBundle, ProvenanceError, resolveChain, signReceipt, verifyReceipt, verifyRecord, type Chain, type ProvenanceRecord, type Receipt } from '../attest/provenance.ts'
 import { LEDGER_PROTOCOL, LEDGER_SHARD, PROVENANCE_SHARD } from './constants.ts'
 import { ignore, reject } from './admission/refusal.ts'
-import { WireProtocolError, wireErrorCode } from './wire-error.ts'
+import { decodeWire, wireErrorCode, WireProtocolError } from './wire-error.ts'
 import { requestOnce } from './request.ts'
 import type { EntryChange, EntryRules } from './admission/rules.ts'
 import type { ShardDoc } from '../storage/crdt/shard-doc.ts'
@@ -305,12 +305,7 @@ export class ProvenanceLedger {
 }
 
 function decodeRegisterRequest (bytes: Uint8Array): { record: Uint8Array } {
-  let value: unknown
-  try {
-    value = dagCbor.decode(bytes)
-  } catch {
-    throw new LedgerProtocolError('MALFORMED', 'not DAG-CBOR')
-  }
+  const value = decodeWire(bytes, () => new LedgerProtocolError('MALFORMED', 'not DAG-CBOR'))
   const { t, r, ...rest } = (value ?? {}) as Record<string, unknown>
   if (t !== 'register' || !(r instanceof Uint8Array) || Object.keys(rest).length > 0) throw new LedgerProtocolError('MALFORMED', 'request fields missing or mistyped')
   return { record: r }

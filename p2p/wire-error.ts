@@ -3,6 +3,17 @@
  * message: a typed error with a bounded code, and one mapping from any error
  * a stream can end with to the `reason` of `metagrid_wire_rejected_total`.
  */
+import * as dagCbor from '@ipld/dag-cbor'
+
+/** One DAG-CBOR value from a wire message, or the refusal `malformed` makes when the bytes are not DAG-CBOR. */
+export function decodeWire (bytes: Uint8Array, malformed: () => Error): unknown {
+  try {
+    return dagCbor.decode(bytes)
+  } catch {
+    throw malformed()
+  }
+}
+
 export class WireProtocolError extends Error {
   static override name = 'WireProtocolError'
   override name = 'WireProtocolError'

@@ -30,6 +30,7 @@ import type { MetagridLibp2p } from '../libp2p.ts'
 import type { Logger } from '../logger.ts'
 import type { P2pMetrics } from '../metrics.ts'
 import type { PeerId } from '@libp2p/interface'
+import { decodeWire } from '../wire-error.ts'
 
 export type { MemberState } from './swim.ts'
 
@@ -74,12 +75,7 @@ export function encodeClaim (claim: Claim): Uint8Array {
 /** Decodes a claim; throws a Refusal (reject) on anything malformed. */
 export function decodeClaim (bytes: Uint8Array): Claim {
   if (bytes.byteLength > MAX_CLAIM_BYTES) throw reject('TOO_LARGE', `claim of ${bytes.byteLength} bytes`)
-  let value: unknown
-  try {
-    value = dagCbor.decode(bytes)
-  } catch {
-    throw reject('MALFORMED', 'claim is not DAG-CBOR')
-  }
+  const value = decodeWire(bytes, () => reject('MALFORMED', 'claim is not DAG-CBOR'))
   const { k, p, i, ...rest } = (value ?? {}) as Record<string, unknown>
   const kind = typeof k === 'string' ? CODE_KINDS[k] : undefined
   if (typeof value !== 'object' || Object.keys(rest).length > 0 || kind == null || !(p instanceof Uint8Array) || !Number.isSafeInteger(i) || (i as number) < 0) {

@@ -13,7 +13,7 @@ import { peerIdFromMultihash } from '@libp2p/peer-id'
 import { lpStream } from '@libp2p/utils'
 import * as Digest from 'multiformats/hashes/digest'
 import { PROBE_PROTOCOL } from '../constants.ts'
-import { WireProtocolError, wireErrorCode } from '../wire-error.ts'
+import { decodeWire, wireErrorCode, WireProtocolError } from '../wire-error.ts'
 import type { MetagridLibp2p } from '../libp2p.ts'
 import type { Logger } from '../logger.ts'
 import type { P2pMetrics } from '../metrics.ts'
@@ -39,12 +39,7 @@ export function encodeProbeRequest (request: ProbeRequest): Uint8Array {
 }
 
 export function decodeProbeRequest (bytes: Uint8Array): ProbeRequest {
-  let value: unknown
-  try {
-    value = dagCbor.decode(bytes)
-  } catch {
-    throw new ProbeProtocolError('MALFORMED', 'request is not DAG-CBOR')
-  }
+  const value = decodeWire(bytes, () => new ProbeProtocolError('MALFORMED', 'request is not DAG-CBOR'))
   const { t, w, ...rest } = (value ?? {}) as Record<string, unknown>
   if (typeof value !== 'object' || Object.keys(rest).length > 0 || !(t instanceof Uint8Array) || !Number.isSafeInteger(w) || (w as number) <= 0) {
     throw new ProbeProtocolError('MALFORMED', 'request fields missing or mistyped')
@@ -63,12 +58,7 @@ export function encodeProbeResponse (response: ProbeResponse): Uint8Array {
 }
 
 export function decodeProbeResponse (bytes: Uint8Array): ProbeResponse {
-  let value: unknown
-  try {
-    value = dagCbor.decode(bytes)
-  } catch {
-    throw new ProbeProtocolError('MALFORMED', 'response is not DAG-CBOR')
-  }
+  const value = decodeWire(bytes, () => new ProbeProtocolError('MALFORMED', 'response is not DAG-CBOR'))
   const { ok, r, ...rest } = (value ?? {}) as Record<string, unknown>
   if (typeof value !== 'object' || Object.keys(rest).length > 0 || typeof ok !== 'boolean' || !Number.isSafeInteger(r) || (r as number) < 0) {
     throw new ProbeProtocolError('MALFORMED', 'response fields missing or mistyped')

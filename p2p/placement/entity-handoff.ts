@@ -31,7 +31,7 @@ import * as dagCbor from '@ipld/dag-cbor'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { lpStream } from '@libp2p/utils'
 import { HANDOFF_PROTOCOL } from '../constants.ts'
-import { WireProtocolError, wireErrorCode } from '../wire-error.ts'
+import { decodeWire, wireErrorCode, WireProtocolError } from '../wire-error.ts'
 import { requestOnce } from '../request.ts'
 import { checkComponents, checkValue, MAX_NAME_LENGTH, ShardDocError } from '../../storage/crdt/shard-doc.ts'
 import type { JsonValue } from '../../storage/crdt/codec.ts'
@@ -101,12 +101,7 @@ const isId = (value: unknown): value is string => typeof value === 'string' && /
 const isName = (value: unknown, max = 256): value is string => typeof value === 'string' && value.length > 0 && value.length <= max
 
 function decodeRequest (bytes: Uint8Array): Request {
-  let value: unknown
-  try {
-    value = dagCbor.decode(bytes)
-  } catch {
-    throw new HandoffProtocolError('MALFORMED', 'not DAG-CBOR')
-  }
+  const value = decodeWire(bytes, () => new HandoffProtocolError('MALFORMED', 'not DAG-CBOR'))
   const r = (value ?? {}) as Record<string, unknown>
   const keys = Object.keys(r).sort().join(',')
   if (r.t === 'prepare' && keys === 'components,entity,from,id,t,to' && isId(r.id) && isName(r.from, 64) && isName(r.to, 64) && isName(r.entity, MAX_NAME_LENGTH) && typeof r.components === 'string') return r as Request

@@ -20,7 +20,7 @@
 import * as dagCbor from '@ipld/dag-cbor'
 import { lpStream } from '@libp2p/utils'
 import { LEASE_PROTOCOL } from '../constants.ts'
-import { WireProtocolError, wireErrorCode } from '../wire-error.ts'
+import { decodeWire, wireErrorCode, WireProtocolError } from '../wire-error.ts'
 import { requestOnce } from '../request.ts'
 import type { Vote, VoteRefusal } from './lease.ts'
 import type { MetagridLibp2p } from '../libp2p.ts'
@@ -47,12 +47,7 @@ export type LeaseRequest = { t: 'claims', claims: Claim[] } | { t: 'handoff', sh
 export interface HandoffAnswer { ok: boolean, code?: string, detail?: string }
 
 function decode (bytes: Uint8Array): Record<string, unknown> {
-  let value: unknown
-  try {
-    value = dagCbor.decode(bytes)
-  } catch {
-    throw new LeaseProtocolError('MALFORMED', 'not DAG-CBOR')
-  }
+  const value = decodeWire(bytes, () => new LeaseProtocolError('MALFORMED', 'not DAG-CBOR'))
   if (value == null || typeof value !== 'object' || Array.isArray(value)) throw new LeaseProtocolError('MALFORMED', 'expected a map')
   return value as Record<string, unknown>
 }

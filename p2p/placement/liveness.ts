@@ -33,7 +33,7 @@ import { peerIdFromString } from '@libp2p/peer-id'
 import { lpStream, type LengthPrefixedStream } from '@libp2p/utils'
 import { TypedEventEmitter } from 'main-event'
 import { KEEPALIVE_PROTOCOL } from '../constants.ts'
-import { WireProtocolError, wireErrorCode } from '../wire-error.ts'
+import { decodeWire, wireErrorCode, WireProtocolError } from '../wire-error.ts'
 import type { LoopMonitor } from '../health/loop-monitor.ts'
 import type { MetagridLibp2p } from '../libp2p.ts'
 import type { Logger } from '../logger.ts'
@@ -71,12 +71,7 @@ export function encodeKeepalive (keepalive: Keepalive): Uint8Array {
 }
 
 function decodeMap (bytes: Uint8Array): Record<string, unknown> {
-  let value: unknown
-  try {
-    value = dagCbor.decode(bytes)
-  } catch {
-    throw new KeepaliveError('MALFORMED', 'keepalive is not DAG-CBOR')
-  }
+  const value = decodeWire(bytes, () => new KeepaliveError('MALFORMED', 'keepalive is not DAG-CBOR'))
   if (value == null || typeof value !== 'object' || Array.isArray(value)) throw new KeepaliveError('MALFORMED', 'a keepalive is a map')
   return value as Record<string, unknown>
 }

@@ -21,7 +21,7 @@ import { peerIdFromString } from '@libp2p/peer-id'
 import { lpStream } from '@libp2p/utils'
 import { REPLICATE_PROTOCOL } from '../constants.ts'
 import { Refusal } from '../admission/refusal.ts'
-import { WireProtocolError, wireErrorCode } from '../wire-error.ts'
+import { decodeWire, wireErrorCode, WireProtocolError } from '../wire-error.ts'
 import { requestOnce } from '../request.ts'
 import type { Admission } from '../admission/admission.ts'
 import type { ShardStore } from '../../storage/shard-store.ts'
@@ -63,12 +63,7 @@ export function encodeReplicateRequest (shard: string, batches: Uint8Array[]): U
 }
 
 export function decodeReplicateRequest (bytes: Uint8Array): { shard: string, batches: Uint8Array[] } {
-  let value: unknown
-  try {
-    value = dagCbor.decode(bytes)
-  } catch {
-    throw new ReplicateError('MALFORMED', 'request is not DAG-CBOR')
-  }
+  const value = decodeWire(bytes, () => new ReplicateError('MALFORMED', 'request is not DAG-CBOR'))
   const { s, b, ...rest } = (value ?? {}) as Record<string, unknown>
   if (typeof value !== 'object' || Object.keys(rest).length > 0 || typeof s !== 'string' || s.length === 0 || s.length > 64 ||
     !Array.isArray(b) || b.length === 0 || b.length > MAX_BATCHES_PER_REQUEST || !b.every((x) => x instanceof Uint8Array)) {
@@ -78,12 +73,7 @@ export function decodeReplicateRequest (bytes: Uint8Array): { shard: string, bat
 }
 
 function decodeAnswer (bytes: Uint8Array, sent: number): { held: number, code: string | null } {
-  let value: unknown
-  try {
-    value = dagCbor.decode(bytes)
-  } catch {
-    throw new ReplicateError('MALFORMED', 'answer is not DAG-CBOR')
-  }
+  const value = decodeWire(bytes, () => new ReplicateError('MALFORMED', 'answer is not DAG-CBOR'))
   const { n, c } = (value ?? {}) as Record<string, unknown>
   if (!Number.isSafeInteger(n) || (n as number) < 0 || (n as number) > sent || (c !== undefined && typeof c !== 'string')) throw new ReplicateError('MALFORMED', 'answer fields missing or mistyped')
   return { held: n as number, code: typeof c === 'string' ? c.slice(0, 32) : null }
