@@ -106,7 +106,7 @@ export class Membership extends TypedEventEmitter<MembershipEvents> {
     this.components = components
     this.log = components.logger.child({ component: 'metagrid:membership' })
     // Incarnations start at the wall clock, so a restarted node outranks what it said before without storing anything.
-    this.swim = new Swim(components.libp2p.peerId.toString(), components.now(), options)
+    this.swim = new Swim(components.libp2p.peerId.toString(), components.now(), options, Math.random, (peer) => components.prober.expectedRtt(peer))
     this.maxMembers = 10_000
   }
 

@@ -51,6 +51,14 @@ export class Prober {
     return sorted[Math.floor(sorted.length / 2)]
   }
 
+  /** The round trip to expect to `peerId`: measured when it was, else estimated from coordinates, ms. */
+  expectedRtt (peerId: string): number | undefined {
+    const measured = this.measuredRtt(peerId)
+    if (measured != null) return measured
+    const coordinate = this.components.coordinateOf(peerId)
+    return coordinate == null || this.components.vivaldi.updates === 0 ? undefined : this.components.vivaldi.estimateTo(coordinate)
+  }
+
   forget (peerId: string): void {
     this.samples.delete(peerId)
     this.components.vivaldi.forget(peerId)

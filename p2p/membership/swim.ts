@@ -142,12 +142,19 @@ export class Swim {
   private lastStallEnd = -Infinity
   private lastStallMs = 0
   private currentIncarnation: number
+  private readonly rttOf: (peer: string) => number | undefined
 
-  constructor (self: string, incarnation: number, options: Partial<SwimOptions> = {}, random: () => number = Math.random) {
+  /**
+   * `rttOf`: what the driver knows of the round trip to a member (measured,
+   * or estimated from coordinates), ms; a direct probe of a member farther
+   * than the configured timeout allows gets room for its round trip.
+   */
+  constructor (self: string, incarnation: number, options: Partial<SwimOptions> = {}, random: () => number = Math.random, rttOf: (peer: string) => number | undefined = () => undefined) {
     this.self = self
     this.currentIncarnation = incarnation
     this.options = { ...defaultSwimOptions, ...options }
     this.random = random
+    this.rttOf = rttOf
   }
 
   /** This node's incarnation: raised by each refutation (persist it: a restart must not go back). */
@@ -228,12 +235,20 @@ export class Swim {
     this.startProbe(peer, now)
   }
 
-  /** The local event loop was stalled for `ms`, ending now: what this node saw meanwhile is doubtful. */
+  /**
+   * The local event loop was stalled for `ms`, ending now: what this node saw
+   * meanwhile is doubtful, and its timeouts widen until they would have
+   * covered the stall (local health at least ⌈ms / probe timeout⌉). Stalls
+   * raise health to that level, they do not add up: a node starting beside
+   * nine others on two cores stalls 100–300 ms a dozen times in its first
+   * seconds, and counting each one put every node of a fresh mesh at the
+   * ceiling, probing once every 4.5 s for the next half minute.
+   */
   stalled (now: number, ms: number): void {
     if (ms < STALL_MS) return
     this.lastStallEnd = now
     this.lastStallMs = ms
-    this.adjustHealth(1)
+    this.health = Math.max(this.health, Math.min(this.options.maxHealth, Math.ceil(ms / this.options.probeTimeoutMs)))
   }
 
   /** The outcome of a direct probe this machine asked for. */
@@ -264,7 +279,7 @@ export class Swim {
     }
     probe.phase = 'indirect'
     probe.startedAt = now
-    probe.timeoutMs = 2 * this.options.probeTimeoutMs * (this.health + 1)
+    probe.timeoutMs = 2 * this.directTimeout(probe.peer)
     this.emit({ t: 'probe-indirect', id, peer: probe.peer, helpers, timeoutMs: probe.timeoutMs })
   }
 
@@ -386,9 +401,28 @@ export class Swim {
 
   private startProbe (peer: string, now: number): void {
     const id = this.nextId++
-    const timeoutMs = this.options.probeTimeoutMs * (this.health + 1)
+    const timeoutMs = this.directTimeout(peer)
     this.probes.set(id, { id, peer, startedAt: now, timeoutMs, phase: 'direct' })
     this.emit({ t: 'probe', id, peer, timeoutMs })
+  }
+
+  /**
+   * How long a direct probe of `peer` may take: the configured timeout, or,
+   * for a member whose round trip is known to be longer than that allows
+   * (a grid spans continents: 170 ms Frankfurt to Sydney, 300 ms over some
+   * mobile links), three of its round trips (a probe opens a stream, one
+   * round trip for multistream-select, and pings, another; the third is room
+   * for jitter), at most three times the configured timeout; times local
+   * health + 1. Indirect probes get twice it. A peer can inflate its own RTT
+   * (a coordinate far away, slow answers) and so its own timeout, up to
+   * that cap, and nobody else's.
+   */
+  private directTimeout (peer: string): number {
+    const base = this.options.probeTimeoutMs
+    const rtt = this.rttOf(peer)
+    const room = rtt == null || !Number.isFinite(rtt) ? base : Math.min(3 * base, Math.max(base, 3 * rtt))
+    // Whole milliseconds: the driver's timers (AbortSignal.timeout) refuse fractions.
+    return Math.ceil(room * (this.health + 1))
   }
 
   /** Whether this node itself was too slow during a probe for its failure to mean anything. */

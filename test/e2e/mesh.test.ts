@@ -66,11 +66,17 @@ describe('a 10-node mesh in emulated cities', () => {
   it('shows live load, states and RTT in `metagrid mesh`', async () => {
     const row = / alive .* \d+%\s+\d+%\s+0\s+0\s+[\d.]+ms\s+[\d.]+ms /
     // A measured RTT needs one probe of each peer: a round over nine members at two probes a second.
+    let last = ''
     const rows = await waitFor('every peer probed once', async () => {
       const { stdout } = await promisify(execFile)(process.execPath, [BIN_PATH, 'mesh', '--api', bed.nodes[0]!.api])
+      last = stdout
       const lines = stdout.split('\n').filter((line) => line.startsWith('12D3Koo'))
       return lines.length === 9 && lines.every((line) => row.test(line)) ? lines : undefined
-    }, 30_000, 1_000)
+    }, 30_000, 1_000).catch((err: unknown) => {
+      // What the table showed last says which column never filled.
+      console.info(`last \`metagrid mesh\` output:\n${last}`)
+      throw err
+    })
     for (const line of rows) expect(line).toMatch(row)
   })
 

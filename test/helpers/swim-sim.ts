@@ -36,19 +36,27 @@ export class SwimSim {
   readonly nodes = new Map<string, SimNode>()
   readonly transitions: Transition[] = []
   readonly claims: Array<{ at: number, from: string, claim: Claim }> = []
+  /** Indirect probes asked for, by the member they were about. */
+  readonly indirectProbes = new Map<string, number>()
   private queue: Event[] = []
   private readonly stallOnProbe = new Map<string, number>()
   private readonly stallOnIndirect = new Map<string, number>()
   private order = 0
   private readonly cut = new Set<string>()
   private readonly delayMs: number
+  /** One-way delays of links that differ from `delayMs`. */
+  private readonly delays = new Map<string, number>()
   private readonly random: () => number
+  /** Whether nodes know the round trip to each member (as the daemon does from measured pings and coordinates). */
+  knowRtts = true
 
   constructor (ids: string[], options: Partial<SwimOptions> = {}, delayMs = 5, seed = 1) {
     this.delayMs = delayMs
     this.random = seededRandom(seed)
     for (const id of ids) {
-      this.nodes.set(id, { id, swim: new Swim(id, 1_000 + ids.indexOf(id), options, this.random), up: true, stalledUntil: 0, stalls: [], wakeAt: -1 })
+      // As measured or estimated in the daemon: not a whole number of ms.
+      const rttOf = (peer: string): number | undefined => this.knowRtts ? 2 * this.delay(id, peer) + 0.37 : undefined
+      this.nodes.set(id, { id, swim: new Swim(id, 1_000 + ids.indexOf(id), options, this.random, rttOf), up: true, stalledUntil: 0, stalls: [], wakeAt: -1 })
     }
     // Everyone knows everyone from the start (as if their reports had arrived), and each announces itself.
     for (const node of this.nodes.values()) {
@@ -95,6 +103,15 @@ export class SwimSim {
     const key = [a, b].sort().join('|')
     if (up) this.cut.delete(key)
     else this.cut.add(key)
+  }
+
+  /** Sets the one-way delay of the link between two nodes, both ways. */
+  setDelay (a: string, b: string, ms: number): void {
+    this.delays.set([a, b].sort().join('|'), ms)
+  }
+
+  private delay (a: string, b: string): number {
+    return this.delays.get([a, b].sort().join('|')) ?? this.delayMs
   }
 
   private linked (a: string, b: string): boolean {
@@ -148,7 +165,8 @@ export class SwimSim {
   private answerAt (from: string, target: string, sentAt: number): number | null {
     const node = this.nodes.get(target)!
     if (!node.up || !this.linked(from, target)) return null
-    return Math.max(sentAt + this.delayMs, node.stalledUntil) + this.delayMs
+    const delay = this.delay(from, target)
+    return Math.max(sentAt + delay, node.stalledUntil) + delay
   }
 
   /**
@@ -163,6 +181,8 @@ export class SwimSim {
 
   private perform (node: SimNode, action: SwimAction): void {
     const sentAt = this.now
+    // The daemon's timers (AbortSignal.timeout) take whole milliseconds only: a fraction there is a failed probe.
+    if ((action.t === 'probe' || action.t === 'probe-indirect') && !Number.isSafeInteger(action.timeoutMs)) throw new Error(`${action.t} timeout ${action.timeoutMs} is not a whole number of ms`)
     const deadline = action.t === 'probe' || action.t === 'probe-indirect' ? sentAt + action.timeoutMs : 0
     switch (action.t) {
       case 'probe': {
@@ -182,6 +202,7 @@ export class SwimSim {
         break
       }
       case 'probe-indirect': {
+        this.indirectProbes.set(action.peer, (this.indirectProbes.get(action.peer) ?? 0) + 1)
         const stallMs = this.stallOnIndirect.get(node.id)
         if (stallMs != null) {
           this.stallOnIndirect.delete(node.id)
@@ -191,10 +212,11 @@ export class SwimSim {
         for (const helper of action.helpers) {
           const reached = this.answerAt(node.id, helper, sentAt)
           if (reached == null) continue
-          const viaHelper = this.answerAt(helper, action.peer, reached - this.delayMs)
+          const back = this.delay(node.id, helper)
+          const viaHelper = this.answerAt(helper, action.peer, reached - back)
           // A helper answers within the asker's timeout either way: an ack if it reached the member, else a nack.
-          const ack = viaHelper != null && viaHelper + this.delayMs <= deadline
-          answers.push({ arrival: ack ? viaHelper + this.delayMs : Math.min(deadline, reached + (deadline - sentAt) / 2), ack })
+          const ack = viaHelper != null && viaHelper + back <= deadline
+          answers.push({ arrival: ack ? viaHelper + back : Math.min(deadline, reached + (deadline - sentAt) / 2), ack })
         }
         this.push({
           at: deadline,
@@ -214,7 +236,7 @@ export class SwimSim {
         if (sentAt < this.broadcastsLostUntil) break
         for (const other of this.nodes.values()) {
           if (other.id === node.id || !this.linked(node.id, other.id)) continue
-          this.push({ at: sentAt + this.delayMs, kind: 'io', node: other.id, run: () => { other.swim.claim(node.id, action.claim, this.now); this.drain(other) } })
+          this.push({ at: sentAt + this.delay(node.id, other.id), kind: 'io', node: other.id, run: () => { other.swim.claim(node.id, action.claim, this.now); this.drain(other) } })
         }
         break
       case 'changed':

@@ -97,6 +97,21 @@ describe('SWIM with Lifeguard (simulated, virtual time)', () => {
     expect(swim.localHealth).toBe(0)
   })
 
+  it('times a direct probe by the member\'s round trip when it is known, in whole milliseconds, within three times the configured timeout', () => {
+    const probeTimeout = (rtt: number | undefined): number | undefined => {
+      const swim = new Swim('a', 1, DEFAULTS, Math.random, () => rtt)
+      swim.heard('b', 0)
+      swim.tick(0)
+      const probe = swim.drain().find((action) => action.t === 'probe')
+      return probe?.t === 'probe' ? probe.timeoutMs : undefined
+    }
+    expect(probeTimeout(undefined)).toBe(300)
+    expect(probeTimeout(40)).toBe(300)
+    expect(probeTimeout(123.4)).toBe(371)
+    expect(probeTimeout(5_000)).toBe(900)
+    expect(probeTimeout(Number.NaN)).toBe(300)
+  })
+
   it('a suspect refutes with a higher incarnation, and everyone takes it back', () => {
     const sim = new SwimSim(IDS, DEFAULTS)
     sim.run(3_000)
@@ -146,6 +161,27 @@ describe('SWIM with Lifeguard (simulated, virtual time)', () => {
     sim.setLink('a', 'b', false)
     sim.run(60_000)
     expect(sim.transitions.filter((t) => t.peer === 'b' && t.state !== 'alive')).toEqual([])
+  })
+
+  it('gives a far member room for its round trip: direct probes of a member 340 ms away succeed, and its crash is still found', () => {
+    const far = (knowRtts: boolean): SwimSim => {
+      const sim = new SwimSim(IDS, DEFAULTS)
+      sim.knowRtts = knowRtts
+      for (const id of IDS) if (id !== 'e') sim.setDelay(id, 'e', 170)
+      sim.run(60_000)
+      return sim
+    }
+    // With the configured 300 ms alone, every direct probe of it fails and only the indirect ones save it.
+    expect(far(false).indirectProbes.get('e') ?? 0).toBeGreaterThan(20)
+    const sim = far(true)
+    expect(sim.indirectProbes.get('e') ?? 0).toBe(0)
+    expect(sim.transitions.filter((t) => t.peer === 'e' && t.state !== 'alive')).toEqual([])
+    sim.crash('e')
+    sim.run(80_000)
+    // Found by all four, within a probe round, a direct and an indirect probe of the far member, and the longest suspicion.
+    const deaths = sim.transitions.filter((t) => t.peer === 'e' && t.state === 'dead')
+    expect(deaths.map((t) => t.node).sort()).toEqual(['a', 'b', 'c', 'd'])
+    for (const death of deaths) expect(death.at - 60_000).toBeLessThan(4 * 500 + 3 * 900 + 12_000)
   })
 
   it('a member cut off from everyone, and declared dead, comes back once it is heard from again', () => {
