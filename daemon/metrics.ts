@@ -136,7 +136,7 @@ export class Metrics implements P2pMetrics {
     this.crdtSyncSessions = new Counter({ name: 'metagrid_crdt_sync_sessions_total', help: 'Anti-entropy sessions, by role and result', labelNames: ['role', 'result'], registers })
     this.crdtLogCut = new Counter({ name: 'metagrid_crdt_log_records_cut_total', help: 'Corrupt or truncated shard log records cut on open', registers })
     this.crdtGossipSkipped = new Counter({ name: 'metagrid_crdt_gossip_skipped_total', help: 'Deltas not gossiped (left to anti-entropy), by reason', labelNames: ['reason'], registers })
-    this.placementClaims = new Counter({ name: 'metagrid_placement_claims_total', help: 'Lease claims and renewals run by this node, by kind (claim, renew) and result', labelNames: ['kind', 'result'], registers })
+    this.placementClaims = new Counter({ name: 'metagrid_placement_claims_total', help: 'Lease claims and renewals run by this node, by kind (claim, renew, orphan_release) and result', labelNames: ['kind', 'result'], registers })
     this.placementMoves = new Counter({ name: 'metagrid_placement_moves_total', help: 'Shards this node took over, by reason (handoff, failover)', labelNames: ['reason'], registers })
     this.placementLeasesHeld = new Gauge({ name: 'metagrid_placement_leases_held', help: 'Shards whose lease this node holds', registers })
     this.placementEpochMax = new Gauge({ name: 'metagrid_placement_lease_epoch_max', help: 'Highest lease epoch (fencing token) among shards this node holds', registers })

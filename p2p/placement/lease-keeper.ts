@@ -419,6 +419,33 @@ export class LeaseKeeper {
     await this.reclaim(shard)
   }
 
+  /**
+   * A lease the table shows for this node that it does not hold: it stepped
+   * down from it (a same-epoch lease of a genesis race superseded it here,
+   * while every other node kept this one) or it restarted. Its voters still
+   * see it stand while this node runs, and a desired host that is not one of
+   * them goes by membership, which sees this node alive: nobody would claim
+   * it until its term ran out (5 minutes; the placement e2e waited 90 s for
+   * 29 such shards). Sign a release of it to the desired host, as a handoff
+   * does; this node serves nothing under it either way.
+   */
+  async releaseOrphan (shard: ShardInfo, lease: { epoch: number }, target: string): Promise<void> {
+    if (this.held.has(shard.id)) return
+    this.log.info({ code: 'ORPHAN_RELEASE', shard: shard.id, epoch: lease.epoch, to: target }, 'releasing a lease this node no longer holds')
+    const release = await signRelease(this.components.privateKey, { shard: shard.id, epoch: lease.epoch, to: target }, Date.now())
+    let answer: HandoffAnswer
+    try {
+      answer = await requestHandoff(this.components.libp2p, peerIdFromString(target), shard.id, release, LEASE_ARRIVAL_MS + VOTE_TIMEOUT_MS + SYNC_BEFORE_SERVE_MS + 2_000)
+    } catch (err) {
+      answer = { ok: false, code: 'UNREACHABLE', detail: (err as Error).message }
+    }
+    this.components.metrics?.placementClaims.inc({ kind: 'orphan_release', result: answer.ok ? 'ok' : 'failed' })
+    if (!answer.ok) {
+      this.handoffFailed.set(shard.id, Date.now())
+      this.log.debug({ code: 'ORPHAN_RELEASE_FAILED', shard: shard.id, to: target, reason: answer.code ?? 'unknown' }, 'release of a lease not held was not taken up')
+    }
+  }
+
   /** Whether a failed handoff left this shard to be claimed back before it is served again. */
   needsReclaim (shard: string): boolean {
     return this.reclaiming.has(shard)

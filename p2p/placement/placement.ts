@@ -284,6 +284,12 @@ export class Placement {
       return
     }
     const lease = this.history.current(shard.id)
+    // Ours in the table, not held here, and wanted elsewhere: let it go (releaseOrphan says why), once the table has settled.
+    if (lease != null && lease.holder === this.self && now <= lease.expiresAt && desired?.host != null && desired.host !== this.self &&
+        now - this.startedAt >= this.options.settleMs && keeper.mayHandOff(shard.id, now)) {
+      keeper.run(shard.id, async () => keeper.releaseOrphan(shard, lease, desired.host!))
+      return
+    }
     const lapsed = lease != null && lease.holder !== this.self && (now > lease.expiresAt + this.options.marginMs || this.holderDown(lease))
     // A lapsed holder that our view still ranks first is silent: the next candidate takes over without waiting for it to be declared dead.
     const claimer = lapsed && desired?.host === lease.holder ? desired.replicas[0] : desired?.host
