@@ -45,6 +45,12 @@ const MAX_CLAIM_ATTEMPTS = 3
 const HANDOFF_RETRY_MS = 5_000
 /** How long the target of a handoff waits for the lease being released to reach its table. */
 const LEASE_ARRIVAL_MS = 2_000
+/**
+ * How long a claimant that learned of a promised epoch it has no lease record
+ * of waits for the table before it claims without one: the anti-entropy
+ * backstop's interval, by which any record that exists has arrived.
+ */
+const UNSEEN_HISTORY_WAIT_MS = 30_000
 
 export interface LeaseKeeperOptions {
   leaseMs: number
@@ -90,6 +96,8 @@ export class LeaseKeeper {
   private readonly busy = new Set<string>()
   /** Highest epoch a voter told us it promised, per shard (only shards this node claims). */
   private readonly epochFloor = new Map<string, number>()
+  /** When this node first learned of a promised epoch of a shard whose lease its table did not show. */
+  private readonly unseenSince = new Map<string, number>()
   private readonly handingOff = new Set<string>()
   /** When the last planned handoff of a shard failed (only shards this node holds). */
   private readonly handoffFailed = new Map<string, number>()
@@ -268,7 +276,16 @@ export class LeaseKeeper {
     const metrics = this.components.metrics
     for (let attempt = 1; ; attempt++) {
       // A voter may have promised a higher epoch than the table shows (a claim that failed half-way): start above it.
-      const epoch = Math.max(known?.epoch ?? 0, this.epochFloor.get(shard.id) ?? 0) + 1
+      const floor = this.epochFloor.get(shard.id) ?? 0
+      if (known == null && floor > 0 && release == null && Date.now() - (this.unseenSince.get(shard.id) ?? 0) < UNSEEN_HISTORY_WAIT_MS) {
+        // A voter promised an epoch of this shard that the table does not show here yet: a claim now would start a
+        // second history (a lease naming no previous voters, which every reader that has the first refuses, so the
+        // two never join). Wait for the table; past the wait, the promise is taken for a claim that failed half-way
+        // and left no record anywhere.
+        metrics?.placementClaims.inc({ kind: 'claim', result: 'history_unseen' })
+        return false
+      }
+      const epoch = Math.max(known?.epoch ?? 0, floor) + 1
       const now = Date.now()
       const terms: LeaseTerms = { shard: shard.id, epoch, holder: this.self, voters, prev, prevHolder: known?.holder ?? null, expiresAt: now + this.options.leaseMs, startedAt: now }
       const { record, refusals, granted } = await this.collect(terms, release)
@@ -367,7 +384,10 @@ export class LeaseKeeper {
 
   private learnEpochs (shard: string, refusals: Vote[]): void {
     for (const vote of refusals) {
-      if (!vote.ok && vote.epoch > (this.epochFloor.get(shard) ?? 0)) this.epochFloor.set(shard, vote.epoch)
+      if (!vote.ok && vote.epoch > (this.epochFloor.get(shard) ?? 0)) {
+        this.epochFloor.set(shard, vote.epoch)
+        if (!this.unseenSince.has(shard) && this.components.leaseOf(shard) == null) this.unseenSince.set(shard, Date.now())
+      }
     }
   }
 

@@ -137,6 +137,13 @@ const VIEW_TYPE = 'metagrid.placement-view/v1'
 const MAX_EPOCH_GAP = 64
 /** Lease records whose refusal was counted, so a record judged again each round is counted once; cleared when full. */
 const MAX_REFUSALS_REMEMBERED = 10_000
+/** Older records one bridge() may look at (a shard's table holds eight epochs; a hostile one could hold more records per epoch). */
+const MAX_BRIDGE_VISITS = 64
+
+/** Whether `lease` names `r` as its predecessor: r's holder, and previous voters among r's voters. */
+function follows (lease: VerifiedLease, r: VerifiedLease): boolean {
+  return r.holder === lease.prevHolder && lease.prev.every((peer) => r.voters.includes(peer))
+}
 
 export class Placement {
   readonly world: World
@@ -324,16 +331,17 @@ export class Placement {
       }
       for (const lease of records) {
         // Two leases of one epoch can both be valid (a genesis race between disjoint voter sets): the next
-        // epoch names which one it followed, and that one is its predecessor, whichever this node kept.
+        // epoch names which one it followed, and the table's older records bridge it back to where this
+        // node's history agrees, or to the other genesis of the same race (bridge()).
         let previous = this.history.before(shard, lease.epoch)
-        let predecessor: VerifiedLease | undefined
-        if (previous != null && previous.epoch === lease.epoch - 1 && previous.holder !== lease.prevHolder) {
-          predecessor = records.find((r) => r.epoch === previous!.epoch && r.holder === lease.prevHolder && this.judged(shard, r, this.history.before(shard, r.epoch)).ok)
-          if (predecessor != null) previous = predecessor
+        let bridge: VerifiedLease[] = []
+        if (previous != null && previous.epoch === lease.epoch - 1 && !follows(lease, previous)) {
+          bridge = this.bridge(shard, lease, records, { visits: MAX_BRIDGE_VISITS }) ?? []
+          if (bridge.length > 0) previous = bridge[0]
         }
         const verdict = this.judged(shard, lease, previous)
         if (verdict.ok) {
-          if (predecessor != null) this.history.replace(predecessor)
+          for (const older of bridge) this.history.replace(older)
           this.adopt(lease)
           continue
         }
@@ -345,6 +353,38 @@ export class Placement {
         this.log.debug({ code: verdict.code, shard, epoch: lease.epoch, holder: lease.holder, reason: verdict.detail }, 'lease not accepted')
       }
     }
+  }
+
+  /**
+   * The older records, newest first, through which `lease` follows this
+   * node's history when its predecessor is not the lease this node kept:
+   * each one valid against the one below it, down to a lease that follows
+   * this node's history, or to a genesis (epoch 1, no previous voters)
+   * issued within a lease term of the genesis this node kept, the other
+   * winner of the same race. Two nodes that kept different geneses and saw
+   * both histories grow would otherwise never agree (the placement e2e saw
+   * it: one shard of 65, two hosts, 90 s). A genesis issued later than that
+   * is no race: a node that forks a shard's history so is refused, as
+   * before. Null when there is no such bridge; bounded by `budget`.
+   */
+  private bridge (shard: string, lease: VerifiedLease, records: VerifiedLease[], budget: { visits: number }): VerifiedLease[] | null {
+    for (const r of records) {
+      if (r.epoch !== lease.epoch - 1 || !follows(lease, r) || budget.visits-- <= 0) continue
+      if (r.epoch === 1 && r.prev.length === 0 && r.prevHolder == null) {
+        const kept = this.history.at(shard, 1)
+        if (kept != null && Math.abs(r.issuedAt - kept.issuedAt) <= this.options.leaseMs && this.judged(shard, r, undefined).ok) return [r]
+        continue
+      }
+      const below = this.history.before(shard, r.epoch)
+      if (below == null) continue
+      if (below.epoch !== r.epoch - 1 || follows(r, below)) {
+        if (this.judged(shard, r, below).ok) return [r]
+        continue
+      }
+      const deeper = this.bridge(shard, r, records, budget)
+      if (deeper != null && deeper.length > 0 && this.judged(shard, r, deeper[0]).ok) return [r, ...deeper]
+    }
+    return null
   }
 
   private judged (shard: string, lease: VerifiedLease, previous: VerifiedLease | undefined): ReturnType<typeof judgeLease> {

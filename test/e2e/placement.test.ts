@@ -70,7 +70,9 @@ function deadlineFor (what: string, timeoutMs: number): number {
 /** What a failed agreement looked like, for the log: per node, leased and settled shards and the shards they see differently. */
 async function explainDisagreement (live: number[]): Promise<void> {
   const views = await Promise.all(live.map(async (i) => view(i)))
-  console.log(views.map((v, i) => `node ${live[i]}: ${v.candidates.length} candidates, ${leaseTable(v).size} leased, ${v.shards.filter((s) => s.lease?.holder === s.host).length} settled, digest ${v.digest.slice(0, 8)}`).join('\n'))
+  // Leases a node refused to accept, by reason: a chain it cannot follow shows here.
+  const refusals = await Promise.all(live.map(async (i) => (await scrape(bed.nodes[i]!.api)).split('\n').filter((line) => line.startsWith('metagrid_admission_rejected_total{') && line.includes('path="lease"')).map((line) => line.replace(/^.*reason="([^"]+)".* (\S+)$/, '$1=$2')).join(' ')))
+  console.log(views.map((v, i) => `node ${live[i]}: ${v.candidates.length} candidates, ${leaseTable(v).size} leased, ${v.shards.filter((s) => s.lease?.holder === s.host).length} settled, digest ${v.digest.slice(0, 8)}, leases refused: ${refusals[i] || 'none'}`).join('\n'))
   for (const s of views[0]!.shards) {
     const rows = views.map((v) => { const x = v.shards.find((y) => y.shard === s.shard)!; return `${x.host?.slice(-4) ?? '-'}/${x.lease?.valid === true ? `${x.lease.holder.slice(-4)}@${x.lease.epoch}` : '-'}` })
     if (new Set(rows).size > 1 || rows[0]!.split('/')[0] !== rows[0]!.split('/')[1]!.split('@')[0]) console.log(`${s.shard}: ${rows.join(' ')}`)
