@@ -277,11 +277,15 @@ export class LeaseKeeper {
     for (let attempt = 1; ; attempt++) {
       // A voter may have promised a higher epoch than the table shows (a claim that failed half-way): start above it.
       const floor = this.epochFloor.get(shard.id) ?? 0
-      if (known == null && floor > 0 && release == null && Date.now() - (this.unseenSince.get(shard.id) ?? 0) < UNSEEN_HISTORY_WAIT_MS) {
-        // A voter promised an epoch of this shard that the table does not show here yet: a claim now would start a
-        // second history (a lease naming no previous voters, which every reader that has the first refuses, so the
-        // two never join). Wait for the table; past the wait, the promise is taken for a claim that failed half-way
-        // and left no record anywhere.
+      // The table caught up with what the voters said: the next unseen epoch gets a wait of its own.
+      if (floor <= (known?.epoch ?? 0)) this.unseenSince.delete(shard.id)
+      else if (release == null && Date.now() - (this.unseenSince.get(shard.id) ?? 0) < UNSEEN_HISTORY_WAIT_MS) {
+        // A voter promised an epoch of this shard that the table does not show here yet: a claim now would fork the
+        // history (a lease naming no previous voters, or one that skips the unseen epoch and follows an older one;
+        // every reader that has the unseen epoch refuses it, and its holder serves on voters nobody else counts).
+        // The placement e2e saw a genesis holder do this on learning that epoch 2 was taken: it reconfigured its
+        // epoch 1 into epoch 3 and kept serving beside the real host. Wait for the table; past the wait, the promise
+        // is taken for a claim that failed half-way and left no record anywhere.
         metrics?.placementClaims.inc({ kind: 'claim', result: 'history_unseen' })
         return false
       }
@@ -299,7 +303,7 @@ export class LeaseKeeper {
           continue
         }
         metrics?.placementClaims.inc({ kind: 'claim', result: refusalLabel(refusals) })
-        this.log.debug({ shard: shard.id, epoch, refusals: refusals.map((r) => (r.ok ? 'ok' : r.code)) }, 'lease claim failed')
+        this.log.debug({ shard: shard.id, epoch, refusals: refusals.map((r) => (r.ok ? 'ok' : `${r.code} (epoch ${r.epoch} of ${r.holder ?? 'nobody'})`)) }, 'lease claim failed')
         return false
       }
       const takesOver = known != null && known.holder !== this.self
@@ -386,7 +390,7 @@ export class LeaseKeeper {
     for (const vote of refusals) {
       if (!vote.ok && vote.epoch > (this.epochFloor.get(shard) ?? 0)) {
         this.epochFloor.set(shard, vote.epoch)
-        if (!this.unseenSince.has(shard) && this.components.leaseOf(shard) == null) this.unseenSince.set(shard, Date.now())
+        if (!this.unseenSince.has(shard) && vote.epoch > (this.components.leaseOf(shard)?.epoch ?? 0)) this.unseenSince.set(shard, Date.now())
       }
     }
   }
