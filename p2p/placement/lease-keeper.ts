@@ -414,6 +414,16 @@ export class LeaseKeeper {
     this.log.info({ code: 'LEASE_LOST', shard, reason }, 'stopped hosting shard')
   }
 
+  /** Signs a release of (shard, epoch) to `target` and asks it to take the shard over; an unreachable target is an answer too. */
+  private async offer (shard: string, epoch: number, target: string): Promise<HandoffAnswer> {
+    const release = await signRelease(this.components.privateKey, { shard, epoch, to: target }, Date.now())
+    try {
+      return await requestHandoff(this.components.libp2p, peerIdFromString(target), shard, release, LEASE_ARRIVAL_MS + VOTE_TIMEOUT_MS + SYNC_BEFORE_SERVE_MS + 2_000)
+    } catch (err) {
+      return { ok: false, code: 'UNREACHABLE', detail: (err as Error).message }
+    }
+  }
+
   /** A planned move: stop taking writes, sign a release, let the new host pull the state and claim the next epoch. */
   async handOff (shard: ShardInfo, target: string): Promise<void> {
     const terms = this.held.get(shard.id)?.terms
@@ -422,13 +432,7 @@ export class LeaseKeeper {
     this.log.info({ code: 'HANDOFF_START', shard: shard.id, epoch: terms.epoch, to: target }, 'handing shard off to a better host')
     const store = await this.components.replication.ensure(shard.id)
     await store.commit()
-    const release = await signRelease(this.components.privateKey, { shard: shard.id, epoch: terms.epoch, to: target }, Date.now())
-    let answer: HandoffAnswer
-    try {
-      answer = await requestHandoff(this.components.libp2p, peerIdFromString(target), shard.id, release, LEASE_ARRIVAL_MS + VOTE_TIMEOUT_MS + SYNC_BEFORE_SERVE_MS + 2_000)
-    } catch (err) {
-      answer = { ok: false, code: 'UNREACHABLE', detail: (err as Error).message }
-    }
+    const answer = await this.offer(shard.id, terms.epoch, target)
     if (answer.ok) {
       this.handoffFailed.delete(shard.id)
       this.drop(shard.id, `handed off to ${target}`)
@@ -456,13 +460,7 @@ export class LeaseKeeper {
   async releaseOrphan (shard: ShardInfo, lease: { epoch: number }, target: string): Promise<void> {
     if (this.held.has(shard.id)) return
     this.log.info({ code: 'ORPHAN_RELEASE', shard: shard.id, epoch: lease.epoch, to: target }, 'releasing a lease this node no longer holds')
-    const release = await signRelease(this.components.privateKey, { shard: shard.id, epoch: lease.epoch, to: target }, Date.now())
-    let answer: HandoffAnswer
-    try {
-      answer = await requestHandoff(this.components.libp2p, peerIdFromString(target), shard.id, release, LEASE_ARRIVAL_MS + VOTE_TIMEOUT_MS + SYNC_BEFORE_SERVE_MS + 2_000)
-    } catch (err) {
-      answer = { ok: false, code: 'UNREACHABLE', detail: (err as Error).message }
-    }
+    const answer = await this.offer(shard.id, lease.epoch, target)
     this.components.metrics?.placementClaims.inc({ kind: 'orphan_release', result: answer.ok ? 'ok' : 'failed' })
     if (!answer.ok) {
       this.handoffFailed.set(shard.id, Date.now())
