@@ -46,9 +46,10 @@ const HANDOFF_RETRY_MS = 5_000
 /** How long the target of a handoff waits for the lease being released to reach its table. */
 const LEASE_ARRIVAL_MS = 2_000
 /**
- * How long a claimant that learned of a promised epoch it has no lease record
- * of waits for the table before it claims without one: the anti-entropy
- * backstop's interval, by which any record that exists has arrived.
+ * How long, at most, a claimant that learned of a promised epoch it has no
+ * lease record of waits for the table before it claims without one: the
+ * anti-entropy backstop's interval, by which any record that exists has
+ * arrived. It waits less when the voters say the promise stands for less.
  */
 const UNSEEN_HISTORY_WAIT_MS = 30_000
 
@@ -97,7 +98,8 @@ export class LeaseKeeper {
   /** Highest epoch a voter told us it promised, per shard (only shards this node claims). */
   private readonly epochFloor = new Map<string, number>()
   /** When this node first learned of a promised epoch of a shard whose lease its table did not show. */
-  private readonly unseenSince = new Map<string, number>()
+  /** Per shard: until when to wait for the record of an epoch the voters promised and the table does not show. */
+  private readonly unseenUntil = new Map<string, number>()
   private readonly handingOff = new Set<string>()
   /** When the last planned handoff of a shard failed (only shards this node holds). */
   private readonly handoffFailed = new Map<string, number>()
@@ -278,14 +280,16 @@ export class LeaseKeeper {
       // A voter may have promised a higher epoch than the table shows (a claim that failed half-way): start above it.
       const floor = this.epochFloor.get(shard.id) ?? 0
       // The table caught up with what the voters said: the next unseen epoch gets a wait of its own.
-      if (floor <= (known?.epoch ?? 0)) this.unseenSince.delete(shard.id)
-      else if (release == null && Date.now() - (this.unseenSince.get(shard.id) ?? 0) < UNSEEN_HISTORY_WAIT_MS) {
+      if (floor <= (known?.epoch ?? 0)) this.unseenUntil.delete(shard.id)
+      else if (release == null && Date.now() < (this.unseenUntil.get(shard.id) ?? 0)) {
         // A voter promised an epoch of this shard that the table does not show here yet: a claim now would fork the
         // history (a lease naming no previous voters, or one that skips the unseen epoch and follows an older one;
         // every reader that has the unseen epoch refuses it, and its holder serves on voters nobody else counts).
         // The placement e2e saw a genesis holder do this on learning that epoch 2 was taken: it reconfigured its
         // epoch 1 into epoch 3 and kept serving beside the real host. Wait for the table; past the wait, the promise
-        // is taken for a claim that failed half-way and left no record anywhere.
+        // is taken for a claim that failed half-way and left no record anywhere. The wait is as long as the voters
+        // say the promise stands (its term, or 0 once its holder's keepalives stop naming it), at most 30 s:
+        // a fixed 30 s kept a shard unheld for 25 s after a genesis race whose loser had promised itself epoch 2.
         metrics?.placementClaims.inc({ kind: 'claim', result: 'history_unseen' })
         return false
       }
@@ -387,12 +391,15 @@ export class LeaseKeeper {
   }
 
   private learnEpochs (shard: string, refusals: Vote[]): void {
-    for (const vote of refusals) {
-      if (!vote.ok && vote.epoch > (this.epochFloor.get(shard) ?? 0)) {
-        this.epochFloor.set(shard, vote.epoch)
-        if (!this.unseenSince.has(shard) && vote.epoch > (this.components.leaseOf(shard)?.epoch ?? 0)) this.unseenSince.set(shard, Date.now())
-      }
-    }
+    const before = this.epochFloor.get(shard) ?? 0
+    let floor = before
+    for (const vote of refusals) if (!vote.ok) floor = Math.max(floor, vote.epoch)
+    if (floor === before) return
+    this.epochFloor.set(shard, floor)
+    if (floor <= (this.components.leaseOf(shard)?.epoch ?? 0)) return
+    // The longest any voter says the new epoch's promise stands (an old voter that does not say: the whole wait).
+    const stands = Math.max(...refusals.map((v) => (!v.ok && v.epoch === floor ? Math.min(UNSEEN_HISTORY_WAIT_MS, v.retryInMs ?? UNSEEN_HISTORY_WAIT_MS) : 0)))
+    this.unseenUntil.set(shard, Date.now() + stands)
   }
 
   /** Records a granted lease in the table and starts serving under it. */

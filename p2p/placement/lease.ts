@@ -176,7 +176,10 @@ export type VoteRefusal = 'STALE_EPOCH' | 'EPOCH_TAKEN' | 'HELD' | 'BAD_LEASE' |
 /** Every code a vote refusal may carry; anything else a peer sends is counted as `other` (metric labels stay bounded). */
 export const VOTE_REFUSALS: ReadonlySet<string> = new Set<VoteRefusal>(['STALE_EPOCH', 'EPOCH_TAKEN', 'HELD', 'BAD_LEASE', 'TOO_LONG', 'NOT_A_VOTER', 'NOT_ELIGIBLE'])
 
-/** A refusal names the epoch and holder the voter promised, and for HELD how long until it would grant (`retryInMs`). */
+/**
+ * A refusal names the epoch and holder the voter promised, and how long that promise stands at most (`retryInMs`):
+ * for HELD, how long until the voter would grant; 0 when the promise has expired or its holder no longer keeps it.
+ */
 export type Vote = { ok: true, grant: Uint8Array } | { ok: false, code: VoteRefusal, detail: string, epoch: number, holder: string | null, retryInMs?: number }
 
 /** What a voter promised for a shard: the epoch, its holder, until when, and (for chain checks) that lease's voters and previous voters. */
@@ -334,7 +337,13 @@ export class LeaseVoter {
   private async decide (terms: LeaseTerms, now: number, release: { by: string, epoch: number } | undefined): Promise<Vote> {
     const promise = await this.promised(terms.shard)
     if (promise != null) {
-      const refuse = (code: VoteRefusal, detail: string): Vote => ({ ok: false, code, detail, epoch: promise.epoch, holder: promise.holder })
+      const expired = now > promise.expiresAt + this.options.marginMs
+      const silent = this.silence != null && !this.silence.stands(promise.holder, terms.shard, promise.epoch, promise.grantedAt ?? 0)
+      // How long the promise stands at most: its term, or less if its holder's keepalives stop naming it.
+      const standsMs = expired || silent ? 0 : Math.max(0, Math.ceil(Math.min(promise.expiresAt + this.options.marginMs - now, this.silence?.remaining(promise.holder) ?? Number.POSITIVE_INFINITY)))
+      // The refusals that name a higher or equal epoch say how long it stands, so a claimant that has no record
+      // of that epoch knows how long to wait for one (lease-keeper.ts, `unseenUntil`).
+      const refuse = (code: VoteRefusal, detail: string): Vote => ({ ok: false, code, detail, epoch: promise.epoch, holder: promise.holder, retryInMs: standsMs })
       if (terms.epoch < promise.epoch) return refuse('STALE_EPOCH', `epoch ${promise.epoch} was already granted`)
       if (terms.epoch === promise.epoch && terms.holder !== promise.holder) return refuse('EPOCH_TAKEN', `epoch ${promise.epoch} belongs to ${promise.holder}`)
       // One epoch, one voter set: a renewal changes only the term. (Two records of one epoch with different voters would fork the chain.)
@@ -342,13 +351,10 @@ export class LeaseVoter {
         return refuse('EPOCH_TAKEN', `epoch ${promise.epoch} was granted with other voters; a new voter set takes a new epoch`)
       }
       if (terms.epoch > promise.epoch) {
-        const expired = now > promise.expiresAt + this.options.marginMs
-        const silent = this.silence != null && !this.silence.stands(promise.holder, terms.shard, promise.epoch, promise.grantedAt ?? 0)
         // A release by the holder this voter promised, of that epoch (or a later one it was not asked about).
         const released = release != null && release.by === promise.holder && release.epoch >= promise.epoch
         if (!expired && !silent && !released && promise.holder !== terms.holder) {
-          const retryInMs = Math.min(promise.expiresAt + this.options.marginMs - now, this.silence?.remaining(promise.holder) ?? Number.POSITIVE_INFINITY)
-          return { ...refuse('HELD', `held by ${promise.holder} at epoch ${promise.epoch}, which still stands behind it`), retryInMs: Math.max(0, Math.ceil(retryInMs)) } as Vote
+          return refuse('HELD', `held by ${promise.holder} at epoch ${promise.epoch}, which still stands behind it`)
         }
       }
     }

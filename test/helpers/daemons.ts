@@ -3,7 +3,8 @@
  * as an operator would, each in its own temporary data directory.
  */
 import { execFile } from 'node:child_process'
-import { mkdtemp, rm } from 'node:fs/promises'
+import { createWriteStream } from 'node:fs'
+import { mkdir, mkdtemp, rm } from 'node:fs/promises'
 import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -34,11 +35,20 @@ export class TestBed {
   /** Starts `metagrid start` on loopback with an ephemeral P2P port and API port. */
   async start (options: { dataDir?: string, args?: string[], env?: NodeJS.ProcessEnv } = {}): Promise<TestDaemon> {
     const dataDir = options.dataDir ?? await this.tempDir()
+    // For looking into a failed run: METAGRID_TESTBED_LOG_LEVEL=debug METAGRID_TESTBED_KEEP_LOGS=DIR keeps each daemon's output there.
+    const keep = process.env.METAGRID_TESTBED_KEEP_LOGS
+    const level = process.env.METAGRID_TESTBED_LOG_LEVEL
     const daemon = spawnDaemon({
-      args: ['--data-dir', dataDir, '--listen', '/ip4/127.0.0.1/tcp/0', '--api', '127.0.0.1:0', '--log-format', 'json', ...(options.args ?? [])],
+      args: ['--data-dir', dataDir, '--listen', '/ip4/127.0.0.1/tcp/0', '--api', '127.0.0.1:0', '--log-format', 'json', ...(level != null && level !== '' ? ['--log-level', level] : []), ...(options.args ?? [])],
       env: cleanDaemonEnv(process.env, options.env)
     })
-    this.daemons.push(daemon)
+    const index = this.daemons.push(daemon)
+    if (keep != null && keep !== '') {
+      await mkdir(keep, { recursive: true })
+      const out = createWriteStream(join(keep, `${Date.now()}-${index}.log`))
+      daemon.child.stdout?.pipe(out)
+      daemon.child.stderr?.pipe(out)
+    }
     const ready = await daemon.ready
     return { ...ready, process: daemon, dataDir }
   }

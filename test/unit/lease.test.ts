@@ -33,7 +33,8 @@ describe('leases', () => {
     const terms = (holder: string, epoch: number, extra: Partial<LeaseTerms> = {}): LeaseTerms => ({ shard: 'physics.0.0', epoch, holder, voters: [holder, v.id], prev: [], prevHolder: null, expiresAt: now + LEASE_MS, startedAt: now, ...extra })
     expect((await voter.vote(await signLease(a.key, terms(a.id, 1), now))).ok).toBe(true)
     const taken = await voter.vote(await signLease(b.key, terms(b.id, 1), now))
-    expect(taken).toMatchObject({ ok: false, code: 'EPOCH_TAKEN', epoch: 1, holder: a.id })
+    // The refusal says how long the promise stands: its term plus the margin, so a claimant without the record knows how long to wait.
+    expect(taken).toMatchObject({ ok: false, code: 'EPOCH_TAKEN', epoch: 1, holder: a.id, retryInMs: LEASE_MS + 500 })
     const afterA = { prevHolder: a.id, prev: [a.id, v.id] }
     expect(await voter.vote(await signLease(b.key, terms(b.id, 2, afterA), now))).toMatchObject({ ok: false, code: 'HELD' })
     expect((await voter.vote(await signLease(a.key, terms(a.id, 1), now))).ok).toBe(true)
@@ -43,6 +44,8 @@ describe('leases', () => {
     expect(await voter.vote(await signLease(a.key, terms(a.id, 1), now))).toMatchObject({ ok: false, code: 'STALE_EPOCH', epoch: 2 })
     // After expiry plus the margin, the next epoch is anyone's.
     now += LEASE_MS + 501
+    // A promise past its term no longer stands: a claimant that never saw its record need not wait for one.
+    expect(await voter.vote(await signLease(a.key, terms(a.id, 2, afterA), now))).toMatchObject({ ok: false, code: 'EPOCH_TAKEN', epoch: 2, retryInMs: 0 })
     const afterB = { prevHolder: b.id, prev: [b.id, v.id] }
     expect((await voter.vote(await signLease(a.key, terms(a.id, 3, afterB), now))).ok).toBe(true)
     expect(await voter.vote(await signLease(a.key, terms(a.id, 4, { expiresAt: now + 10 * LEASE_MS }), now))).toMatchObject({ ok: false, code: 'TOO_LONG' })
