@@ -141,7 +141,7 @@ const placementSchema = z.strictObject({
     /** A lease holder sends each of its voters a keepalive this often (one stream per voter, whatever the number of shards). */
     intervalMs: z.int().min(10).max(60_000).default(250),
     /** A voter grants a holder's shards to another after this much silence on its own clock: the failover time after a crash. */
-    timeoutMs: z.int().min(100).max(600_000).default(1_500)
+    timeoutMs: z.int().min(100).max(600_000).default(1_000)
   }).prefault({}).refine((l) => l.intervalMs * 3 <= l.timeoutMs, { error: 'placement.liveness.intervalMs must be at most a third of placement.liveness.timeoutMs' }),
   /** A write to a layer with the majority write concern that a majority of voters do not hold within this long is answered 503 WRITE_NOT_REPLICATED. */
   writeTimeoutMs: z.int().min(10).max(60_000).default(2_000),

@@ -21,7 +21,9 @@
 import { peerIdFromString } from '@libp2p/peer-id'
 import { LEASE_PROTOCOL } from '../constants.ts'
 import { encodeLeaseRecord, hasQuorum, LeaseVoter, openRelease, signLease, signRelease, VOTE_REFUSALS, type ClaimCheck, type LeaseTerms, type VerifiedLease, type Vote } from './lease.ts'
-import { handleLeaseProtocol, requestHandoff, VoteRequests, type HandoffAnswer } from './lease-protocol.ts'
+import { handleLeaseProtocol, MAX_GRANT_STATE_BYTES, requestHandoff, VoteRequests, type HandoffAnswer } from './lease-protocol.ts'
+import { decodeContext, encodeContext } from '../sync/anti-entropy.ts'
+import type { DotContext } from '../../storage/crdt/dots.ts'
 import { handleKeepalives, HolderLiveness, VoterLiveness, type LivenessOptions } from './liveness.ts'
 import { KEEPALIVE_PROTOCOL } from '../constants.ts'
 import type { LoopMonitor } from '../health/loop-monitor.ts'
@@ -115,6 +117,12 @@ export class LeaseKeeper {
     this.votes = new VoteRequests(components.libp2p, VOTE_TIMEOUT_MS)
     this.voterLiveness = new VoterLiveness(this.self, options.liveness, (peer) => this.voter.isHolder(peer), components.loop, (shard, epoch) => this.held.get(shard)?.terms.epoch === epoch)
     this.voter.setSilence(this.voterLiveness)
+    this.voter.setStateOf((shard) => {
+      const store = components.replication.opened(shard)
+      if (store == null) return undefined
+      const state = encodeContext(store.doc.context)
+      return state.byteLength <= MAX_GRANT_STATE_BYTES ? state : undefined
+    })
     this.holderLiveness = new HolderLiveness(components.libp2p, options.liveness, () => this.keepaliveTargets(), components.metrics, components.logger)
     this.voterLiveness.addEventListener('lapsed', (event) => { components.onHolderSilent(event.detail.holder) })
   }
@@ -239,34 +247,45 @@ export class LeaseKeeper {
   }
 
   /** Runs a vote round on a signed lease; resolves to the record when a majority of voters and previous voters granted it. */
-  private async collect (terms: LeaseTerms, release?: Uint8Array): Promise<{ record?: Uint8Array, refusals: Vote[], granted: Set<string> }> {
+  private async collect (terms: LeaseTerms, release?: Uint8Array): Promise<{ record?: Uint8Array, refusals: Vote[], granted: Set<string>, states: Map<string, Uint8Array> }> {
     const sentAt = Date.now()
     const lease = await signLease(this.components.privateKey, terms, sentAt)
     const electorate = [...new Set([...terms.voters, ...terms.prev])]
-    const votes = await Promise.all(electorate.map(async (peer): Promise<[string, Vote | null]> => {
-      if (peer === this.self) return [peer, await this.voter.vote(lease, release)]
-      try {
-        return [peer, await this.votes.request(peerIdFromString(peer), lease, release)]
-      } catch (err) {
-        this.log.debug({ code: 'VOTE_UNANSWERED', shard: terms.shard, voter: peer, reason: (err as Error).name }, 'a voter did not answer')
-        return [peer, null]
-      }
-    }))
     const granted = new Set<string>()
     const grants: Uint8Array[] = []
     const refusals: Vote[] = []
-    for (const [peer, vote] of votes) {
-      if (vote?.ok === true) {
-        granted.add(peer)
-        grants.push(vote.grant)
-        // The voter counts the grant as hearing from us, from when it granted: from when we asked, to be safe.
-        if (peer !== this.self) this.holderLiveness.granted(peer, sentAt)
-      } else if (vote != null) {
-        refusals.push(vote)
+    const states = new Map<string, Uint8Array>()
+    // Done once the grants make a quorum, or every voter answered: a dead voter (the holder that just failed is one)
+    // is not waited for. On a real network its dial hangs until the vote timeout, which would add 2 s to a failover.
+    await new Promise<void>((resolve) => {
+      let left = electorate.length
+      let done = false
+      for (const peer of electorate) {
+        const ask = peer === this.self ? this.voter.vote(lease, release) : this.votes.request(peerIdFromString(peer), lease, release)
+        ask.then((vote) => {
+          if (vote.ok) {
+            // The voter counts the grant as hearing from us, from when it granted: from when we asked, to be safe.
+            if (peer !== this.self) this.holderLiveness.granted(peer, sentAt)
+            if (done) return
+            granted.add(peer)
+            grants.push(vote.grant)
+            if (vote.state != null) states.set(peer, vote.state)
+          } else if (!done) {
+            refusals.push(vote)
+          }
+        }, (err: Error) => {
+          this.log.debug({ code: 'VOTE_UNANSWERED', shard: terms.shard, voter: peer, reason: err.name }, 'a voter did not answer')
+        }).finally(() => {
+          left--
+          if (!done && (left === 0 || hasQuorum(terms, granted))) {
+            done = true
+            resolve()
+          }
+        })
       }
-    }
-    if (!hasQuorum(terms, granted)) return { refusals, granted }
-    return { record: encodeLeaseRecord(lease, grants), refusals, granted }
+    })
+    if (!hasQuorum(terms, granted)) return { refusals, granted, states }
+    return { record: encodeLeaseRecord(lease, grants), refusals, granted, states }
   }
 
   /** Claims the next epoch of a shard; `known` is its current lease, `release` its holder's signed release (a handoff). */
@@ -296,7 +315,8 @@ export class LeaseKeeper {
       const epoch = Math.max(known?.epoch ?? 0, floor) + 1
       const now = Date.now()
       const terms: LeaseTerms = { shard: shard.id, epoch, holder: this.self, voters, prev, prevHolder: known?.holder ?? null, expiresAt: now + this.options.leaseMs, startedAt: now }
-      const { record, refusals, granted } = await this.collect(terms, release)
+      const { record, refusals, granted, states } = await this.collect(terms, release)
+      const votedAt = Date.now()
       this.learnEpochs(shard.id, refusals)
       if (record == null) {
         // Voters that still hear the holder say when they would not: ask again then, rather than a whole round later.
@@ -316,14 +336,15 @@ export class LeaseKeeper {
       metrics?.placementClaims.inc({ kind: 'claim', result: 'ok' })
       if (takesOver) {
         metrics?.placementMoves.inc({ reason: release != null ? 'handoff' : 'failover' })
-        await this.takeState(shard.id, known, prev, granted, release != null)
+        await this.takeState(shard.id, known, prev, granted, release != null, states)
       } else {
         // Our own reconfiguration, or a genesis: this node already has the state it serves.
         this.synced.add(shard.id)
       }
       await this.keep(terms, record)
       const reason: ClaimReason = known == null ? 'genesis' : release != null ? 'handoff' : known.holder === this.self ? 'reconfigure' : 'failover'
-      this.log.info({ code: 'LEASE_CLAIMED', shard: shard.id, epoch, previous: known?.holder ?? null, reason }, 'now hosting shard')
+      // How long the vote round and the state pull took: where a failover's time goes, after the holder's silence.
+      this.log.info({ code: 'LEASE_CLAIMED', shard: shard.id, epoch, previous: known?.holder ?? null, reason, voteMs: votedAt - now, syncMs: Date.now() - votedAt }, 'now hosting shard')
       return true
     }
   }
@@ -336,14 +357,30 @@ export class LeaseKeeper {
    * concern is on a majority of those voters, so on one of these. A handoff
    * also pulls from the releasing holder, which has everything.
    */
-  private async takeState (shard: string, known: VerifiedLease, prev: string[], granted: Set<string>, handoff: boolean, attempt = 1): Promise<void> {
+  private async takeState (shard: string, known: VerifiedLease, prev: string[], granted: Set<string>, handoff: boolean, states: Map<string, Uint8Array>, attempt = 1): Promise<void> {
     const replication = this.components.replication
-    await replication.ensure(shard)
+    const store = await replication.ensure(shard)
     const needed = Math.floor(prev.length / 2) + 1
     let have = prev.includes(this.self) ? 1 : 0
     const sources = [...new Set([...(handoff ? [known.holder] : []), ...prev.filter((p) => p !== this.self && granted.has(p))])]
     const deadline = Date.now() + SYNC_BEFORE_SERVE_MS
     const pending = new Set(sources)
+    // A previous voter whose grant says it holds nothing this node lacks needs no pull: its grant fenced it at the
+    // old epoch, so what it had then is all it will hold of it. The usual failover: the replicas were up to date.
+    // A handoff still pulls from the releasing holder, which has writes its layer's concern did not wait for.
+    for (const peer of handoff ? [] : sources) {
+      const state = states.get(peer)
+      if (state == null || !prev.includes(peer) || have >= needed) continue
+      let theirs: DotContext
+      try {
+        theirs = decodeContext(state)
+      } catch {
+        continue
+      }
+      if (!store.doc.context.covers(theirs)) continue
+      pending.delete(peer)
+      have++
+    }
     let fromHolder = false
     while (pending.size > 0 && Date.now() < deadline && have < needed && !fromHolder) {
       const results = await Promise.all([...pending].map(async (peer) => {
@@ -368,7 +405,7 @@ export class LeaseKeeper {
     this.log[attempt === 1 ? 'warn' : 'debug']({ code: 'TAKEOVER_UNSYNCED', shard, have, needed, attempt }, 'could not pull the state of a majority of the previous voters; not serving yet')
     // Try again in the background, as long as this node holds the lease.
     setTimeout(() => {
-      if (this.held.has(shard) && !this.synced.has(shard)) this.run(shard, async () => this.takeState(shard, known, prev, granted, handoff, attempt + 1))
+      if (this.held.has(shard) && !this.synced.has(shard)) this.run(shard, async () => this.takeState(shard, known, prev, granted, handoff, new Map(), attempt + 1))
     }, 1_000).unref()
   }
 

@@ -4,8 +4,9 @@
  *
  * - claims:  `{ t: 'claims', c: [{ l: lease statement, r?: release }, ...] }` (1 to 64) →
  *            `{ v: [vote, ...] }`, one per claim, in order; a vote is
- *            `{ ok: true, g: grant }` or `{ ok: false, c: code, d: detail, e: epoch, h: holder, w?: ms }`
- *            (`w`: for HELD, how long until this voter would grant)
+ *            `{ ok: true, g: grant, s?: context }` or `{ ok: false, c: code, d: detail, e: epoch, h: holder, w?: ms }`
+ *            (`s`: the voter's causal context of the shard, for a takeover, at most 2 KiB;
+ *            `w`: how long the promise the refusal names stands, for HELD until this voter would grant)
  * - handoff: `{ t: 'handoff', s: shard, r: release }` → `{ ok: bool, c?: code, d?: detail }`
  *            ("the shard is yours once you claim the next epoch with this release")
  *
@@ -29,6 +30,8 @@ import type { P2pMetrics } from '../metrics.ts'
 import type { PeerId } from '@libp2p/interface'
 
 const MAX_FRAME_BYTES = 256 * 1024
+/** A grant's context of the shard, at most; a voter whose context is larger sends none (the claimant pulls). 64 of them fit a frame. */
+export const MAX_GRANT_STATE_BYTES = 2048
 const MAX_STREAMS = 32
 /** Claims in one request at most; more wait for the next. */
 const MAX_CLAIMS_PER_REQUEST = 64
@@ -74,13 +77,15 @@ function encodeRequest (request: LeaseRequest): Uint8Array {
 }
 
 function voteValue (vote: Vote): Record<string, unknown> {
-  return vote.ok ? { ok: true, g: vote.grant } : { ok: false, c: vote.code, d: vote.detail.slice(0, 256), e: vote.epoch, h: vote.holder, ...(vote.retryInMs != null ? { w: vote.retryInMs } : {}) }
+  return vote.ok ? { ok: true, g: vote.grant, ...(vote.state != null && vote.state.byteLength <= MAX_GRANT_STATE_BYTES ? { s: vote.state } : {}) } : { ok: false, c: vote.code, d: vote.detail.slice(0, 256), e: vote.epoch, h: vote.holder, ...(vote.retryInMs != null ? { w: vote.retryInMs } : {}) }
 }
 
 function decodeVote (value: unknown): Vote {
   if (value == null || typeof value !== 'object') throw new LeaseProtocolError('MALFORMED', 'a vote is a map')
-  const { ok, g, c, d, e, h, w } = value as Record<string, unknown>
-  if (ok === true && g instanceof Uint8Array) return { ok: true, grant: g }
+  const { ok, g, c, d, e, h, w, s } = value as Record<string, unknown>
+  if (ok === true && g instanceof Uint8Array && (s === undefined || (s instanceof Uint8Array && s.byteLength <= MAX_GRANT_STATE_BYTES))) {
+    return s === undefined ? { ok: true, grant: g } : { ok: true, grant: g, state: s }
+  }
   if (ok === false && typeof c === 'string' && typeof d === 'string' && Number.isSafeInteger(e) && (h === null || typeof h === 'string') && (w === undefined || (Number.isSafeInteger(w) && (w as number) >= 0))) {
     return { ok: false, code: c as VoteRefusal, detail: d, epoch: e as number, holder: h, ...(w !== undefined ? { retryInMs: w as number } : {}) }
   }

@@ -180,7 +180,7 @@ export const VOTE_REFUSALS: ReadonlySet<string> = new Set<VoteRefusal>(['STALE_E
  * A refusal names the epoch and holder the voter promised, and how long that promise stands at most (`retryInMs`):
  * for HELD, how long until the voter would grant; 0 when the promise has expired or its holder no longer keeps it.
  */
-export type Vote = { ok: true, grant: Uint8Array } | { ok: false, code: VoteRefusal, detail: string, epoch: number, holder: string | null, retryInMs?: number }
+export type Vote = { ok: true, grant: Uint8Array, state?: Uint8Array } | { ok: false, code: VoteRefusal, detail: string, epoch: number, holder: string | null, retryInMs?: number }
 
 /** What a voter promised for a shard: the epoch, its holder, until when, and (for chain checks) that lease's voters and previous voters. */
 interface Promise_ { epoch: number, holder: string, expiresAt: number, voters?: string[], prev?: string[], grantedAt?: number }
@@ -222,6 +222,7 @@ export class LeaseVoter {
   private readonly self: string
   private readonly check: ClaimCheck
   private silence: HolderSilence | null = null
+  private stateOf: ((shard: string) => Uint8Array | undefined) | null = null
 
   constructor (db: Sublevel, key: PrivateKey, options: VoterOptions, check: ClaimCheck, now: () => number = Date.now) {
     this.db = db
@@ -251,6 +252,15 @@ export class LeaseVoter {
       }
     }
     this.loaded = true
+  }
+
+  /**
+   * What a grant to a new holder carries: the voter's causal context of the
+   * shard, taken after the grant fenced it at the old epoch, so the claimant
+   * can skip pulling state it already has (lease-keeper.ts, takeState).
+   */
+  setStateOf (stateOf: (shard: string) => Uint8Array | undefined): void {
+    this.stateOf = stateOf
   }
 
   /** Where the voter learns of holders' silence; without it only a term's end or a release frees a shard. */
@@ -362,7 +372,11 @@ export class LeaseVoter {
     await this.db.put(`promise/${terms.shard}`, Buffer.from(JSON.stringify(next)))
     this.remember(terms.shard, next)
     this.silence?.alive(terms.holder)
-    return { ok: true, grant: await signGrant(this.key, terms, now) }
+    const grant = await signGrant(this.key, terms, now)
+    // A renewal, or a claim by the shard's own previous holder, pulls nothing: no state to say.
+    const takeover = promise?.epoch !== terms.epoch && terms.prevHolder != null && terms.prevHolder !== terms.holder
+    const state = takeover && terms.holder !== this.self ? this.stateOf?.(terms.shard) : undefined
+    return state == null ? { ok: true, grant } : { ok: true, grant, state }
   }
 }
 

@@ -159,6 +159,9 @@ export class Placement {
   private timer: NodeJS.Timeout | undefined
   private ticking: Promise<void> | undefined
   private running = false
+  /** A lease record arrived between rounds: the table's leases are judged again at once (refreshLeases). */
+  private leaseRefresh: Promise<void> | undefined
+  private leaseRefreshAgain = false
   private startedAt = 0
   private candidates: Candidate[] = []
   /** Every node in the table as the policy sees it, alive or not: what lease eligibility is judged by. */
@@ -225,6 +228,7 @@ export class Placement {
     // A member suspected or dead may hold leases: look at its shards now rather than next round.
     this.components.mesh.membership.addEventListener('member:suspect', this.onMemberDown)
     this.components.mesh.membership.addEventListener('member:dead', this.onMemberDown)
+    replication.addEventListener('change', this.onTableChange)
     this.running = true
     this.startedAt = Date.now()
     this.timer = setInterval(() => { this.schedule() }, this.options.tickMs)
@@ -233,12 +237,49 @@ export class Placement {
 
   private readonly onMemberDown = (): void => { this.schedule() }
 
+  /**
+   * A lease record from a peer: judged now, not at the next round (up to
+   * `tickMs` later). A new host's first writes reach its voters and replicas
+   * right after its record does; until they know its epoch they ignore them
+   * (UNKNOWN_EPOCH), which a failover measured as half a second of majority
+   * writes waiting.
+   */
+  private readonly onTableChange = (event: CustomEvent<{ shard: string, result: { entities: Set<string> } | null, local: boolean }>): void => {
+    const { shard, result, local } = event.detail
+    if (shard !== PLACEMENT_SHARD || local || result == null) return
+    for (const entity of result.entities) {
+      if (entity.startsWith('lease.')) {
+        this.refreshLeases()
+        return
+      }
+    }
+  }
+
+  private refreshLeases (): void {
+    if (!this.running || this.computedAt === 0) return
+    if (this.leaseRefresh != null) {
+      this.leaseRefreshAgain = true
+      return
+    }
+    this.leaseRefresh = (async () => {
+      do {
+        this.leaseRefreshAgain = false
+        const { leases } = await this.table.read(Date.now())
+        this.judge(leases)
+      } while (this.leaseRefreshAgain && this.running)
+    })().catch((err) => {
+      this.log.warn({ code: 'LEASE_REFRESH', err }, 'judging new lease records failed')
+    }).finally(() => { this.leaseRefresh = undefined })
+  }
+
   async stop (): Promise<void> {
     this.running = false
     this.components.mesh.membership.removeEventListener('member:suspect', this.onMemberDown)
     this.components.mesh.membership.removeEventListener('member:dead', this.onMemberDown)
+    this.components.replication.removeEventListener('change', this.onTableChange)
     clearInterval(this.timer)
     await this.ticking?.catch(() => {})
+    await this.leaseRefresh
     await this.keeper.stop()
   }
 

@@ -185,6 +185,11 @@ export class Replication extends TypedEventEmitter<ReplicationEvents> {
     return this.shards.shard(id)
   }
 
+  /** The store of a shard if it is open here, without opening it. */
+  opened (id: string): ShardStore | undefined {
+    return this.shards.get(id)
+  }
+
   served (): string[] {
     return this.shards.served()
   }

@@ -75,7 +75,14 @@ describe('leases', () => {
     expect(await voter.vote(await signLease(b.key, terms(b.id, 3, afterA), now))).toMatchObject({ ok: false, code: 'HELD', retryInMs: 700 })
     silent.add(a.id)
     now += 10
-    expect((await voter.vote(await signLease(b.key, terms(b.id, 3, afterA), now))).ok).toBe(true)
+    // A takeover's grant carries the voter's state of the shard (taken after the grant), so the new holder can skip pulling it.
+    voter.setStateOf((shard) => new TextEncoder().encode(`state of ${shard}`))
+    const takeover = await voter.vote(await signLease(b.key, terms(b.id, 3, afterA), now))
+    expect(takeover.ok).toBe(true)
+    expect(takeover.ok && new TextDecoder().decode(takeover.state)).toBe('state of w.0.0')
+    // A renewal carries none.
+    const renewal = await voter.vote(await signLease(b.key, terms(b.id, 3, { ...afterA, expiresAt: now + LEASE_MS / 2 }), now))
+    expect(renewal.ok && renewal.state).toBe(undefined)
     // Granting heard the new holder: it is not silent.
     expect(await voter.vote(await signLease(c.key, terms(c.id, 4, { prevHolder: b.id, prev: [b.id, v.id] }), now))).toMatchObject({ ok: false, code: 'HELD' })
     expect(voter.promisedEpoch('w.0.0')).toBe(3)
