@@ -12,8 +12,12 @@ import { pickCities } from '../testbed/geo.ts'
 import { placementTestEnv } from '../testbed/placement-env.ts'
 import { Testbed } from '../testbed/testbed.ts'
 import { sleep, summary } from './harness.ts'
+import { configSchema, defaultConfig } from '../../daemon/config/schema.ts'
 import { startCpuHog } from '../helpers/cpu-hog.ts'
 import type { PlacementView } from '../../p2p/placement/placement.ts'
+
+/** The daemon's defaults, so the failover figure names the settings it ran with. */
+const DEFAULTS = configSchema.parse(defaultConfig({}))
 
 type Hosts = Map<string, string>
 
@@ -213,7 +217,7 @@ export async function run (): Promise<Record<string, unknown>> {
     compute: computeTime(10_000, 1_000, 5),
     writeConcern: await writeConcern(),
     failover: {
-      settings: 'defaults: probes every 500 ms (300 ms timeout), Lifeguard suspicion, keepalives every 250 ms, liveness timeout 1500 ms',
+      settings: `defaults: probes every ${DEFAULTS.probes.intervalMs} ms (${DEFAULTS.probes.timeoutMs} ms timeout), Lifeguard suspicion, keepalives every ${DEFAULTS.placement.liveness.intervalMs} ms, liveness timeout ${DEFAULTS.placement.liveness.timeoutMs} ms`,
       idle: await failover(12, false),
       // One core of two burnt by another process: what an edge box running other work looks like.
       cpuHog: await failover(12, true)
