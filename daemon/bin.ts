@@ -1,4 +1,4 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S node --max-semi-space-size=4
 /**
  * Executable entry point. Runs on Node 24 or later: `npm start`, `npm run` and
  * `npx metagrid` put the pinned runtime from the `node` package first on PATH.
