@@ -265,7 +265,18 @@ export class Placement {
       do {
         this.leaseRefreshAgain = false
         const { leases } = await this.table.read(Date.now())
-        this.judge(leases)
+        // Only records past the epoch this node already follows: a successor of a known lease is unique (each
+        // previous voter grants one holder per epoch), so judging it on arrival decides nothing a round would
+        // decide otherwise. Races (two geneses, the chains they grew) are left to the round, which sees every
+        // record the table has at once; judged one by one in arrival order, nodes could keep different sides.
+        const ahead = new Map<string, VerifiedLease[]>()
+        for (const [shard, records] of leases) {
+          const current = this.history.current(shard)
+          if (current == null) continue
+          const newer = records.filter((lease) => lease.epoch > current.epoch)
+          if (newer.length > 0) ahead.set(shard, newer)
+        }
+        this.judge(ahead)
       } while (this.leaseRefreshAgain && this.running)
     })().catch((err) => {
       this.log.warn({ code: 'LEASE_REFRESH', err }, 'judging new lease records failed')
