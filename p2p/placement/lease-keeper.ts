@@ -21,7 +21,7 @@
 import { peerIdFromString } from '@libp2p/peer-id'
 import { LEASE_PROTOCOL } from '../constants.ts'
 import { encodeLeaseRecord, hasQuorum, LeaseVoter, openRelease, signLease, signRelease, VOTE_REFUSALS, type ClaimCheck, type LeaseTerms, type VerifiedLease, type Vote } from './lease.ts'
-import { handleLeaseProtocol, MAX_GRANT_STATE_BYTES, requestHandoff, VoteRequests, type HandoffAnswer } from './lease-protocol.ts'
+import { handleLeaseProtocol, requestHandoff, VoteRequests, type HandoffAnswer } from './lease-protocol.ts'
 import { decodeContext, encodeContext } from '../sync/anti-entropy.ts'
 import type { DotContext } from '../../storage/crdt/dots.ts'
 import { handleKeepalives, HolderLiveness, VoterLiveness, type LivenessOptions } from './liveness.ts'
@@ -99,7 +99,6 @@ export class LeaseKeeper {
   private readonly busy = new Set<string>()
   /** Highest epoch a voter told us it promised, per shard (only shards this node claims). */
   private readonly epochFloor = new Map<string, number>()
-  /** When this node first learned of a promised epoch of a shard whose lease its table did not show. */
   /** Per shard: until when to wait for the record of an epoch the voters promised and the table does not show. */
   private readonly unseenUntil = new Map<string, number>()
   private readonly handingOff = new Set<string>()
@@ -117,11 +116,10 @@ export class LeaseKeeper {
     this.votes = new VoteRequests(components.libp2p, VOTE_TIMEOUT_MS)
     this.voterLiveness = new VoterLiveness(this.self, options.liveness, (peer) => this.voter.isHolder(peer), components.loop, (shard, epoch) => this.held.get(shard)?.terms.epoch === epoch)
     this.voter.setSilence(this.voterLiveness)
+    // The lease protocol drops a context over its bound (the claimant then pulls).
     this.voter.setStateOf((shard) => {
       const store = components.replication.opened(shard)
-      if (store == null) return undefined
-      const state = encodeContext(store.doc.context)
-      return state.byteLength <= MAX_GRANT_STATE_BYTES ? state : undefined
+      return store == null ? undefined : encodeContext(store.doc.context)
     })
     this.holderLiveness = new HolderLiveness(components.libp2p, options.liveness, () => this.keepaliveTargets(), components.metrics, components.logger)
     this.voterLiveness.addEventListener('lapsed', (event) => { components.onHolderSilent(event.detail.holder) })
@@ -370,7 +368,7 @@ export class LeaseKeeper {
     // A handoff still pulls from the releasing holder, which has writes its layer's concern did not wait for.
     for (const peer of handoff ? [] : sources) {
       const state = states.get(peer)
-      if (state == null || !prev.includes(peer) || have >= needed) continue
+      if (state == null || have >= needed) continue
       let theirs: DotContext
       try {
         theirs = decodeContext(state)

@@ -31,7 +31,7 @@ import type { PeerId } from '@libp2p/interface'
 
 const MAX_FRAME_BYTES = 256 * 1024
 /** A grant's context of the shard, at most; a voter whose context is larger sends none (the claimant pulls). 64 of them fit a frame. */
-export const MAX_GRANT_STATE_BYTES = 2048
+const MAX_GRANT_STATE_BYTES = 2048
 const MAX_STREAMS = 32
 /** Claims in one request at most; more wait for the next. */
 const MAX_CLAIMS_PER_REQUEST = 64

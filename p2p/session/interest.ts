@@ -105,10 +105,6 @@ export class InterestManager {
     this.options = options
   }
 
-  get size (): { entities: number, subscribers: number } {
-    return { entities: this.entities.size, subscribers: this.subscribers.size }
-  }
-
   /** An entity's state now; false when it is new and the index is full. */
   upsert (state: EntityState): boolean {
     if (!Number.isFinite(state.x) || !Number.isFinite(state.y)) return false

@@ -83,6 +83,10 @@ describe('interest management', () => {
     expect(() => { im.move('p', area(0, 0, maxRadius(100) + 1)) }).toThrow(/radius/)
     expect(() => { im.move('p', area(0, 0, -1)) }).toThrow(/radius/)
     expect(() => { im.move('nobody', area(0, 0, 1)) }).toThrow(InterestError)
+    // A subscriber that left frees its place.
+    im.unsubscribe('p')
+    im.subscribe('q', area(0, 0, 10))
+    expect(kinds(im.tick().updates.get('q'))).toEqual(['enter:a', 'enter:b'])
   })
 
   it('a view built from the updates is always the brute-force view of the world (property)', () => {
