@@ -245,7 +245,8 @@ export class MetagridNode {
         tickMs: placement.tickMs,
         minGain: placement.minGain,
         minHoldMs: placement.minHoldMs,
-        settleMs: placement.settleMs
+        settleMs: placement.settleMs,
+        joining: config.bootstrap.length > 0
       })
       : null
 

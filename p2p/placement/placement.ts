@@ -62,6 +62,12 @@ export interface PlacementOptions {
   minHoldMs: number
   /** After start, shards with no lease are left alone this long, so the lease table can arrive from peers first. */
   settleMs: number
+  /**
+   * This node was given peers to join: it founds no shard (a genesis lease)
+   * before it has exchanged the lease table with a peer, so it does not
+   * found beside a lease it has not heard of yet.
+   */
+  joining: boolean
 }
 
 export interface PlacementComponents {
@@ -133,6 +139,8 @@ export class NotHostError extends Error {
 }
 
 const VIEW_TYPE = 'metagrid.placement-view/v1'
+/** How long past `settleMs` a joining node waits for a lease-table sync before it founds shards anyway. */
+const FOUND_WAIT_MS = 30_000
 /** Epochs a lease may skip past the newest one a reader accepted (claims that failed half-way, epochs it missed). */
 const MAX_EPOCH_GAP = 64
 /** Lease records whose refusal was counted, so a record judged again each round is counted once; cleared when full. */
@@ -163,6 +171,7 @@ export class Placement {
   private leaseRefresh: Promise<void> | undefined
   private leaseRefreshAgain = false
   private startedAt = 0
+  private foundWaitLogged = false
   private candidates: Candidate[] = []
   /** Every node in the table as the policy sees it, alive or not: what lease eligibility is judged by. */
   private subjects = new Map<string, PolicySubject>()
@@ -355,7 +364,30 @@ export class Placement {
     if (claimer !== this.self) return
     // A node just started has not heard of its peers' leases yet (nor that a lease it held was taken over): let the table sync first.
     if (now - this.startedAt < this.options.settleMs) return
+    if (lease == null && !this.mayFound(now)) return
     if (lease == null || lapsed || lease.holder === this.self) keeper.run(shard.id, async () => keeper.claim(shard, desired, lease))
+  }
+
+  /**
+   * Whether this node may claim the first lease of a shard nobody holds. Two
+   * such genesis leases on disjoint voter sets are both valid, and the
+   * placement e2e saw such races fork a shard's history for good when the
+   * machine was busy: a joining node whose table had not arrived within
+   * `settleMs` founded shards that were already held. So a node founds only
+   * once a session of the lease table with a peer has run to its end (it has
+   * what that peer knew), or when it is alone (no peers to join and no
+   * connection), or after `FOUND_WAIT_MS` more without either (peers that
+   * never answer a sync do not keep a shard unheld for ever).
+   */
+  private mayFound (now: number): boolean {
+    if (this.components.replication.exchangedOnce(PLACEMENT_SHARD)) return true
+    if (!this.options.joining && this.components.libp2p.getConnections().length === 0) return true
+    if (now - this.startedAt < this.options.settleMs + FOUND_WAIT_MS) return false
+    if (!this.foundWaitLogged) {
+      this.foundWaitLogged = true
+      this.log.warn({ code: 'FOUND_UNSYNCED', waitedMs: now - this.startedAt }, 'no lease-table sync with a peer has completed; founding unheld shards on what this node knows')
+    }
+    return true
   }
 
   /**

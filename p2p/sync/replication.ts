@@ -194,6 +194,11 @@ export class Replication extends TypedEventEmitter<ReplicationEvents> {
     return this.shards.served()
   }
 
+  /** Whether an anti-entropy session of `shard` with some peer ran to its end since this process started. */
+  exchangedOnce (shard: string): boolean {
+    return this.sessions.exchangedOnce(shard)
+  }
+
   /** Runs one anti-entropy session with `peer` as the asker; null if it failed or the peer does not serve the shard. `urgent` goes before routine sessions. */
   async sync (shard: string, peer: PeerId, urgent = false): Promise<SessionStats | null> {
     return this.sessions.sync(shard, peer, urgent)

@@ -87,6 +87,8 @@ export class SyncSessions {
   private waiting = 0
   /** Sessions waiting for their turn, by shard and peer. */
   private readonly queued = new Map<string, Promise<SessionStats | null>>()
+  /** Shards this process has finished a session of with some peer (only shards it serves get sessions, so bounded by them). */
+  private readonly exchanged = new Set<string>()
   private timer: NodeJS.Timeout | undefined
   private running = false
 
@@ -343,8 +345,14 @@ export class SyncSessions {
     }
   }
 
+  /** Whether a session of `shard` with a peer ran to its end since this process started: both sides sent what the other lacked. */
+  exchangedOnce (shard: string): boolean {
+    return this.exchanged.has(shard)
+  }
+
   private finish (shard: string, role: 'asker' | 'answerer', stats: SessionStats): void {
     const metrics = this.components.metrics
+    this.exchanged.add(shard)
     metrics?.crdtSyncSessions.inc({ role, result: 'ok' })
     metrics?.crdtDeltaBytes.inc({ direction: 'sent', path: 'sync' }, stats.sentBytes)
     metrics?.crdtDivergence.set({ shard }, stats.theyLacked + stats.weLacked)
