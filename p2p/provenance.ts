@@ -20,12 +20,11 @@
  */
 import * as dagCbor from '@ipld/dag-cbor'
 import { peerIdFromString } from '@libp2p/peer-id'
-import { lpStream } from '@libp2p/utils'
 import { encodeBundle, ProvenanceError, resolveChain, signReceipt, verifyReceipt, verifyRecord, type Chain, type ProvenanceRecord, type Receipt } from '../attest/provenance.ts'
 import { LEDGER_PROTOCOL, LEDGER_SHARD, PROVENANCE_SHARD } from './constants.ts'
 import { ignore, reject } from './admission/refusal.ts'
-import { decodeWire, wireErrorCode, WireProtocolError } from './wire-error.ts'
-import { requestOnce } from './request.ts'
+import { decodeWire, WireProtocolError } from './wire-error.ts'
+import { answerRequests, requestOnce } from './request.ts'
 import type { EntryChange, EntryRules } from './admission/rules.ts'
 import type { ShardDoc } from '../storage/crdt/shard-doc.ts'
 import type { MetagridLibp2p } from './libp2p.ts'
@@ -99,29 +98,19 @@ export class ProvenanceLedger {
     const { replication, libp2p, metrics } = this.components
     await replication.ensure(PROVENANCE_SHARD)
     replication.admission.setRules(PROVENANCE_SHARD, this.rules())
-    await libp2p.handle(LEDGER_PROTOCOL, async (stream, connection) => {
-      const signal = AbortSignal.timeout(REQUEST_TIMEOUT_MS * 2)
-      const lp = lpStream(stream, { maxDataLength: MAX_FRAME_BYTES })
+    await answerRequests(libp2p, LEDGER_PROTOCOL, { name: 'ledger', timeoutMs: REQUEST_TIMEOUT_MS * 2, maxFrameBytes: MAX_FRAME_BYTES, maxStreams: MAX_STREAMS, metrics, log: this.log }, async (bytes) => {
+      const request = decodeRegisterRequest(bytes)
+      let answer: Record<string, unknown>
       try {
-        const request = decodeRegisterRequest((await lp.read({ signal })).subarray())
-        let answer: Record<string, unknown>
-        try {
-          answer = { ok: true, w: (await this.witness(request)).bytes }
-        } catch (err) {
-          if (!(err instanceof LedgerError) && !(err instanceof ProvenanceError)) throw err
-          const code = err instanceof LedgerError ? err.code : 'BAD_RECORD'
-          metrics?.admissionRejected.inc({ path: 'ledger', reason: code, action: 'ignore' })
-          answer = { ok: false, c: code, d: err.message.slice(0, 256) }
-        }
-        await lp.write(dagCbor.encode(answer), { signal })
-        await stream.close({ signal })
+        answer = { ok: true, w: (await this.witness(request)).bytes }
       } catch (err) {
-        const code = wireErrorCode(err)
-        metrics?.wireRejected.inc({ protocol: 'ledger', reason: code })
-        this.log.debug({ code, peer: connection.remotePeer.toString(), reason: (err as Error).message }, 'ledger request refused')
-        stream.abort(err as Error)
+        if (!(err instanceof LedgerError) && !(err instanceof ProvenanceError)) throw err
+        const code = err instanceof LedgerError ? err.code : 'BAD_RECORD'
+        metrics?.admissionRejected.inc({ path: 'ledger', reason: code, action: 'ignore' })
+        answer = { ok: false, c: code, d: err.message.slice(0, 256) }
       }
-    }, { maxInboundStreams: MAX_STREAMS, maxOutboundStreams: MAX_STREAMS })
+      return dagCbor.encode(answer)
+    })
   }
 
   async stop (): Promise<void> {

@@ -29,10 +29,9 @@
 import { randomBytes } from 'node:crypto'
 import * as dagCbor from '@ipld/dag-cbor'
 import { peerIdFromString } from '@libp2p/peer-id'
-import { lpStream } from '@libp2p/utils'
 import { HANDOFF_PROTOCOL } from '../constants.ts'
 import { decodeWire, wireErrorCode, WireProtocolError } from '../wire-error.ts'
-import { requestOnce } from '../request.ts'
+import { answerRequests, requestOnce } from '../request.ts'
 import { checkComponents, checkValue, MAX_NAME_LENGTH, ShardDocError } from '../../storage/crdt/shard-doc.ts'
 import type { JsonValue } from '../../storage/crdt/codec.ts'
 import type { ShardStore } from '../../storage/shard-store.ts'
@@ -124,20 +123,9 @@ export class EntityHandoff {
 
   async start (): Promise<void> {
     const { libp2p, metrics } = this.components
-    await libp2p.handle(HANDOFF_PROTOCOL, async (stream, connection) => {
-      const signal = AbortSignal.timeout(REQUEST_TIMEOUT_MS * 2)
-      const lp = lpStream(stream, { maxDataLength: MAX_FRAME_BYTES })
-      try {
-        const request = decodeRequest((await lp.read({ signal })).subarray())
-        await lp.write(dagCbor.encode(await this.answer(request, connection.remotePeer.toString())), { signal })
-        await stream.close({ signal })
-      } catch (err) {
-        const code = wireErrorCode(err)
-        metrics?.wireRejected.inc({ protocol: 'handoff', reason: code })
-        this.log.debug({ code, peer: connection.remotePeer.toString(), reason: (err as Error).message }, 'handoff request refused')
-        stream.abort(err as Error)
-      }
-    }, { maxInboundStreams: MAX_STREAMS, maxOutboundStreams: MAX_STREAMS })
+    await answerRequests(libp2p, HANDOFF_PROTOCOL, { name: 'handoff', timeoutMs: REQUEST_TIMEOUT_MS * 2, maxFrameBytes: MAX_FRAME_BYTES, maxStreams: MAX_STREAMS, metrics, log: this.log }, async (bytes, peer) => {
+      return dagCbor.encode(await this.answer(decodeRequest(bytes), peer.toString()))
+    })
   }
 
   async stop (): Promise<void> {
