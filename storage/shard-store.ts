@@ -86,6 +86,7 @@ type LoggedRecord =
 
 export interface ShardEvents {
   /** A patch was applied and is durable: local writes (with `local`) and remote ones. */
+  /** What changed: a remote batch or snapshot applied, or a local delta made durable (`local`; its entities are those it wrote). */
   change: CustomEvent<{ result: ApplyResult | null, local: boolean }>
   /** A local delta is durable and should go to the other replicas: `bytes` is the signed batch (or the bare patch, unsealed). */
   delta: CustomEvent<{ bytes: Uint8Array, patch: Patch }>
@@ -384,7 +385,7 @@ export class ShardStore extends TypedEventEmitter<ShardEvents> {
         this.index.push(...index)
         for (const waiter of waiters) waiter.resolve()
         if (delta != null) {
-          this.safeDispatchEvent('change', { detail: { result: null, local: true } })
+          this.safeDispatchEvent('change', { detail: { result: touchedBy(delta), local: true } })
           this.safeDispatchEvent('delta', { detail: { bytes: deltaBytes!, patch: delta } })
         }
       } catch (err) {
@@ -463,4 +464,13 @@ function durability (sync: boolean): AbstractBatchOptions<string, Uint8Array> {
 function indexEntry (position: number, record: LoggedRecord): LogIndexEntry {
   const patch = record.kind === 'batch' ? record.batch.patch : record.patch
   return { position, kind: patch.kind, origin: patch.origin ?? '', from: patch.from ?? 0, to: patch.to ?? 0, signed: record.kind === 'batch', removes: record.kind === 'batch' && patch.removes.length > 0 }
+}
+
+/** The entities and counters a local delta wrote: what listeners of a local change look at again. */
+function touchedBy (delta: Patch): ApplyResult {
+  const entities = new Set<string>()
+  for (const entry of delta.components) entities.add(entry.entity)
+  for (const dot of delta.adds) entities.add(dot.entity)
+  for (const dot of delta.removes) entities.add(dot.entity)
+  return { entities, counters: new Set(delta.counters.map((counter) => counter.name)), conflicts: 0, appliedWalls: [] }
 }

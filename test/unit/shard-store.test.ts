@@ -30,6 +30,21 @@ async function open (dir: string, overrides: Partial<ShardStoreOptions> = {}): P
 }
 
 describe('shard store', () => {
+  it('says which entities and counters a local commit changed', async () => {
+    const { db, store } = await open(await bed.tempDir())
+    const changes: Array<{ entities: string[], counters: string[], local: boolean }> = []
+    store.addEventListener('change', (event) => { changes.push({ entities: [...event.detail.result!.entities].sort(), counters: [...event.detail.result!.counters], local: event.detail.local }) })
+    store.doc.putEntity('a', { pos: { x: 1, y: 2 } })
+    store.doc.setComponent('b', 'hp', 3)
+    store.doc.increment('gold', 2)
+    await store.commit()
+    store.doc.deleteEntity('a')
+    await store.commit()
+    expect(changes).toEqual([{ entities: ['a', 'b'], counters: ['gold'], local: true }, { entities: ['a'], counters: [], local: true }])
+    await store.close()
+    await db.close()
+  })
+
   it('replays snapshot and log on open: local and remote writes, counters, deletions', async () => {
     const dir = await bed.tempDir()
     const { db, store } = await open(dir, { compactEveryRecords: 10 })
