@@ -77,6 +77,16 @@ export class Metrics implements P2pMetrics {
   readonly breakerOpen: Gauge<'breaker'>
   /** Requests refused because a breaker shed them, by what was shed. */
   readonly shed: Counter<'what'>
+  /** World sessions open on this node. */
+  readonly sessions: Gauge
+  /** World session frames, by direction (in, out) and type. */
+  readonly sessionFrames: Counter<'direction' | 'type'>
+  readonly sessionBytes: Counter<'direction'>
+  /** Sessions closed or frames refused for a bad frame, a refused token, a slow reader, by bounded reason. */
+  readonly sessionRejected: Counter<'reason'>
+  /** Session inputs by outcome (applied, duplicate, refused code). */
+  readonly sessionInputs: Counter<'result'>
+  readonly sessionInputSeconds: Histogram
 
   constructor (registry: Registry = new Registry()) {
     this.registry = registry
@@ -151,6 +161,12 @@ export class Metrics implements P2pMetrics {
     this.sloBurnRate = new Gauge({ name: 'metagrid_slo_burn_rate', help: 'Error budget burn rate over the burn window (1: the budget lasts exactly the window)', labelNames: ['objective'], registers })
     this.breakerOpen = new Gauge({ name: 'metagrid_breaker_open', help: '1 while a circuit breaker sheds work', labelNames: ['breaker'], registers })
     this.shed = new Counter({ name: 'metagrid_shed_total', help: 'Requests refused by an open breaker, by what was shed', labelNames: ['what'], registers })
+    this.sessions = new Gauge({ name: 'metagrid_sessions', help: 'World sessions (WebSocket) open on this node', registers })
+    this.sessionFrames = new Counter({ name: 'metagrid_session_frames_total', help: 'World session frames, by direction (in, out) and type', labelNames: ['direction', 'type'], registers })
+    this.sessionBytes = new Counter({ name: 'metagrid_session_bytes_total', help: 'World session frame bytes, by direction (in, out)', labelNames: ['direction'], registers })
+    this.sessionRejected = new Counter({ name: 'metagrid_session_rejected_total', help: 'World session frames refused or sessions closed by this node, by reason', labelNames: ['reason'], registers })
+    this.sessionInputs = new Counter({ name: 'metagrid_session_inputs_total', help: 'World session inputs by outcome (applied, duplicate, or the refusal code)', labelNames: ['result'], registers })
+    this.sessionInputSeconds = new Histogram({ name: 'metagrid_session_input_seconds', help: 'Time from an input arriving to its acknowledgement (applied or duplicate)', buckets: [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5], registers })
   }
 
   /** Registers a function that refreshes point-in-time gauges just before each scrape. */

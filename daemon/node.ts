@@ -32,8 +32,13 @@ import { registerCatalogRoutes } from './api/routes/catalog.ts'
 import { registerMeshRoutes } from './api/routes/mesh.ts'
 import { registerNodeRoutes } from './api/routes/node.ts'
 import { registerShardRoutes } from './api/routes/shards.ts'
+import { ShardWriter } from './world/writes.ts'
+import { WorldSessions } from './world/sessions.ts'
+import { applyInput } from './world/inputs.ts'
+import { registerSessionRoute } from './api/routes/session.ts'
+import { InputRelay } from '../p2p/session/forward.ts'
 import { notHost, registerPlacementRoutes } from './api/routes/placement.ts'
-import { tokenAuthorizer } from './api/authorize.ts'
+import { tokenAuthenticator, tokenAuthorizer } from './api/authorize.ts'
 import { guardAgainstBrowsers } from './api/browser-guard.ts'
 import { ApiError } from './api/errors.ts'
 import { libp2pComponentLogger } from './log/libp2p-logger.ts'
@@ -143,6 +148,9 @@ export class MetagridNode {
   readonly slo: SloTracker
   readonly provenance: ProvenanceLedger
   readonly revocations: RevocationLedger
+  readonly writer: ShardWriter
+  /** World sessions (WebSocket), when placement runs: a world exists only then. */
+  readonly sessions: WorldSessions | null
   readonly attester: Attester
   readonly api: FastifyInstance
   private readonly parts: Part[]
@@ -272,7 +280,7 @@ export class MetagridNode {
     // Before any route: every route is behind the Host, Origin and JSON checks.
     guardAgainstBrowsers(this.api, { apiHost: splitHostPort(config.api).host, allowedHosts: config.apiAllowedHosts })
     registerSloRoutes(this.api, slo)
-    registerPageRoutes(this.api)
+    registerPageRoutes(this.api, { world: this.placement != null })
     registerNodeRoutes(this.api, {
       libp2p,
       measuredRtt: (peerId) => this.mesh.prober.measuredRtt(peerId),
@@ -290,13 +298,14 @@ export class MetagridNode {
     const nodeId = libp2p.peerId.toString()
     this.revocations = new RevocationLedger({ replication: this.replication, logger })
     const revocations = this.revocations
-    const authorize = tokenAuthorizer({
+    const authenticator = tokenAuthenticator({
       apiHost: splitHostPort(config.api).host,
       audience: nodeId,
       roots: () => new Set([nodeId]),
       revocations: () => revocations.revocations(),
       replay: new ReplayGuard()
     })
+    const authorize = tokenAuthorizer(authenticator)
     registerTokenRoutes(this.api, { revocations, authorize })
     const placementPart = this.placement
     const self = libp2p.peerId.toString()
@@ -309,9 +318,8 @@ export class MetagridNode {
     }
     this.provenance = new ProvenanceLedger({ libp2p, privateKey, replication: this.replication, registrar, metrics, logger })
     registerAssetRoutes(this.api, { ledger: this.provenance, privateKey, nodeId, authorize })
-    registerShardRoutes(this.api, {
+    this.writer = new ShardWriter({
       replication: this.replication,
-      authorize,
       metrics,
       maxValueBytes,
       ...(placementPart != null
@@ -340,8 +348,31 @@ export class MetagridNode {
           }
         : {})
     })
+    registerShardRoutes(this.api, { replication: this.replication, writer: this.writer, authorize })
     // After the shard routes, so their token and lease checks run on the handoff route too.
     if (placementPart != null) registerPlacementRoutes(this.api, placementPart, handoff)
+    const writer = this.writer
+    // Inputs relayed by the node a world client is connected to: from peers the federation lets host (any member of an open mesh).
+    const relay = placementPart == null
+      ? null
+      : new InputRelay({
+        libp2p,
+        apply: async (peer, input) => {
+          if (!placementPart.mayHost(peer)) {
+            metrics.admissionRejected.inc({ path: 'input', reason: 'NOT_TRUSTED', action: 'ignore' })
+            return { ok: false, code: 'NOT_TRUSTED', message: 'this node takes relayed inputs from nodes its federation trusts', retry: false }
+          }
+          if (placementPart.world.shard(input.shard) == null || input.shard.startsWith('sys.')) return { ok: false, code: 'UNKNOWN_SHARD', message: `${input.shard} is not a world shard`, retry: false }
+          return applyInput(writer, input)
+        },
+        metrics,
+        logger
+      })
+    this.sessions = placementPart == null || relay == null
+      ? null
+      : new WorldSessions({ world: placementPart.world, self, replication: this.replication, writer, relay, hostOf: (shard) => placementPart.hostOf(shard), authenticator, metrics, logger }, config.sessions)
+    if (this.sessions != null) registerSessionRoute(this.api, this.sessions)
+    const sessions = this.sessions
 
     const { host, port } = splitHostPort(config.api)
     this.parts = [
@@ -369,6 +400,8 @@ export class MetagridNode {
       { name: 'attestation', start: async () => this.attester.start(), stop: () => { this.attester.stop() } },
       ...(placementPart != null ? [{ name: 'placement', start: async () => placementPart.start(), stop: async () => placementPart.stop() }] : []),
       ...(handoff != null ? [{ name: 'entity-handoff', start: async () => handoff.start(), stop: async () => handoff.stop() }] : []),
+      ...(relay != null ? [{ name: 'input-relay', start: async () => relay.start(), stop: async () => relay.stop() }] : []),
+      ...(sessions != null ? [{ name: 'sessions', start: () => { sessions.start() }, stop: () => { sessions.stop() } }] : []),
       {
         name: 'api',
         start: async () => {

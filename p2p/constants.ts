@@ -51,6 +51,9 @@ export const PLACEMENT_SHARD = 'sys.placement'
 /** Two-phase entity transfers across shard borders. */
 export const HANDOFF_PROTOCOL = '/metagrid/handoff/1.0.0'
 
+/** A world client's input, carried by the node its session is on to the host of the input's shard. */
+export const INPUT_PROTOCOL = '/metagrid/input/1.0.0'
+
 /** The system shard every node replicates: the provenance records of every asset (append-only). */
 export const PROVENANCE_SHARD = 'sys.provenance'
 

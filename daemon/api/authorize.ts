@@ -14,7 +14,7 @@
  */
 import { isIP } from 'node:net'
 import { ApiError } from './errors.ts'
-import { covers, TokenError, verifyToken, type ReplayGuard, type RevocationList } from '../../attest/token.ts'
+import { covers, TokenError, verifyToken, type Capability, type ReplayGuard, type RevocationList } from '../../attest/token.ts'
 import type { FastifyRequest } from 'fastify'
 
 export type Authorize = (request: FastifyRequest, resource: string, ability: string) => Promise<void>
@@ -39,33 +39,62 @@ export interface AuthorizeOptions {
 
 const TOKEN_CODES: Partial<Record<TokenError['check'], string>> = { 'proof-audience': 'TOKEN_AUDIENCE', revoked: 'TOKEN_REVOKED', replayed: 'TOKEN_REPLAYED' }
 
-export function tokenAuthorizer (options: AuthorizeOptions): Authorize {
+/** Who a caller is, as far as writes go: the operator on loopback, or the holder of a verified token. */
+export type Caller =
+  | { kind: 'loopback' }
+  | { kind: 'token', capabilities: Capability[], expiresAt: number }
+
+/**
+ * One check of a caller, whichever door it came in by: the HTTP API (a bearer
+ * header, per request) and a world session (a token in its hello, once per
+ * session, its grants checked on every input).
+ */
+export interface Authenticator {
+  /** The caller at `remoteAddress` presenting `token` (null: none). Throws an ApiError when it may not write at all. */
+  authenticate (remoteAddress: string, token: Uint8Array | null): Promise<Caller>
+  /** Throws an ApiError unless `caller` may do `ability` on `resource` now. */
+  permits (caller: Caller, resource: string, ability: string, now?: number): void
+}
+
+export function tokenAuthenticator (options: AuthorizeOptions): Authenticator {
   const apiOnLoopback = isLoopbackHost(options.apiHost)
+  // The API's error handler logs and counts these (metagrid_api_errors_total{code}).
+  const refuse = (status: number, code: string, message: string): ApiError => new ApiError(status, code, message)
+  return {
+    async authenticate (remoteAddress, bytes) {
+      if (apiOnLoopback && isLoopbackHost(remoteAddress)) return { kind: 'loopback' }
+      if (bytes == null) throw refuse(401, 'TOKEN_REQUIRED', 'writes to this API need a capability token: Authorization: Bearer <token>')
+      try {
+        const token = await verifyToken(bytes, {
+          now: Date.now(),
+          audience: options.audience,
+          isRoot: (issuer) => options.roots().has(issuer),
+          ...(options.revocations != null ? { revocations: options.revocations() } : {}),
+          ...(options.replay != null ? { replay: options.replay } : {})
+        })
+        return { kind: 'token', capabilities: token.capabilities, expiresAt: token.expiresAt }
+      } catch (err) {
+        // A proof addressed to the wrong issuer is a broken chain, not a token for another node.
+        if (err instanceof TokenError) throw refuse(403, (err.check !== 'proof-audience' || err.depth === 0 ? TOKEN_CODES[err.check] : undefined) ?? 'TOKEN_INVALID', err.message)
+        throw err
+      }
+    },
+    permits (caller, resource, ability, now = Date.now()) {
+      if (caller.kind === 'loopback') return
+      if (now >= caller.expiresAt) throw refuse(401, 'TOKEN_EXPIRED', 'the session\'s token has expired; reconnect with a fresh one')
+      if (!caller.capabilities.some((granted) => covers(granted, { with: resource, can: ability }))) {
+        throw refuse(403, 'TOKEN_SCOPE', `the token does not grant ${ability} on ${resource}`)
+      }
+    }
+  }
+}
+
+/** The HTTP API's check: the bearer header, per request. */
+export function tokenAuthorizer (authenticator: Authenticator): Authorize {
   return async (request, resource, ability) => {
-    if (apiOnLoopback && isLoopbackHost(request.socket.remoteAddress ?? '')) return
-    // The API's error handler logs and counts these (metagrid_api_errors_total{code}).
-    const refuse = (status: number, code: string, message: string): ApiError => new ApiError(status, code, message)
     const header = request.headers.authorization
-    if (header == null || !header.startsWith('Bearer ')) {
-      throw refuse(401, 'TOKEN_REQUIRED', 'writes to this API need a capability token: Authorization: Bearer <token>')
-    }
-    const bytes = Buffer.from(header.slice('Bearer '.length).trim(), 'base64url')
-    let token
-    try {
-      token = await verifyToken(bytes, {
-        now: Date.now(),
-        audience: options.audience,
-        isRoot: (issuer) => options.roots().has(issuer),
-        ...(options.revocations != null ? { revocations: options.revocations() } : {}),
-        ...(options.replay != null ? { replay: options.replay } : {})
-      })
-    } catch (err) {
-      // A proof addressed to the wrong issuer is a broken chain, not a token for another node.
-      if (err instanceof TokenError) throw refuse(403, (err.check !== 'proof-audience' || err.depth === 0 ? TOKEN_CODES[err.check] : undefined) ?? 'TOKEN_INVALID', err.message)
-      throw err
-    }
-    if (!token.capabilities.some((granted) => covers(granted, { with: resource, can: ability }))) {
-      throw refuse(403, 'TOKEN_SCOPE', `the token does not grant ${ability} on ${resource}`)
-    }
+    const bytes = header?.startsWith('Bearer ') === true ? Buffer.from(header.slice('Bearer '.length).trim(), 'base64url') : null
+    const caller = await authenticator.authenticate(request.socket.remoteAddress ?? '', bytes)
+    authenticator.permits(caller, resource, ability)
   }
 }

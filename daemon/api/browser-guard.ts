@@ -45,7 +45,7 @@ export function hostAllowed (name: string, options: BrowserGuardOptions): boolea
     name === options.apiHost.toLowerCase().replace(/^\[|\]$/g, '') || options.allowedHosts.some((allowed) => allowed.toLowerCase() === name)
 }
 
-function crossOrigin (request: FastifyRequest): boolean {
+export function crossOrigin (request: FastifyRequest): boolean {
   const site = request.headers['sec-fetch-site']
   if (site != null && site !== 'same-origin' && site !== 'none') return true
   const origin = request.headers.origin

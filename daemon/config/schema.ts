@@ -157,6 +157,19 @@ const placementSchema = z.strictObject({
   settleMs: z.int().min(0).max(600_000).default(5_000)
 }).refine((p) => p.marginMs * 3 < p.leaseMs, { error: 'placement.marginMs must be under a third of placement.leaseMs' })
 
+const sessionsSchema = z.strictObject({
+  /** World sessions (WebSocket, `/v1/session`) open at once on this node; one more is refused. */
+  maxSessions: z.int().min(0).max(100_000).default(1024),
+  /** Entities one session sees at most per layer: the nearest ones. */
+  maxVisible: z.int().min(1).max(10_000).default(256),
+  /** Entities the node tracks for its sessions per layer; past it, new ones are not shown. */
+  maxEntities: z.int().min(1).max(10_000_000).default(100_000),
+  /** How long an input is retried (host unreachable, a failover, a handoff) before it is refused with `retry`. */
+  inputTimeoutMs: z.int().min(100).max(120_000).default(5_000),
+  /** Inputs of one session in flight at once; one more is refused with `retry`. */
+  maxInputsInFlight: z.int().min(1).max(10_000).default(64)
+})
+
 const sloSchema = z.strictObject({
   /** The rolling window SLIs and error budgets are computed over. */
   windowMs: z.int().min(60_000).max(30 * 86_400_000).default(3_600_000),
@@ -220,6 +233,7 @@ export const configSchema = z.strictObject({
   catalog: catalogSchema.prefault({}),
   shards: shardsSchema.prefault({}),
   placement: placementSchema.prefault({}),
+  sessions: sessionsSchema.prefault({}),
   slo: sloSchema.prefault({}),
   federation: federationSchema.prefault({}),
   attestation: attestationSchema.prefault({})

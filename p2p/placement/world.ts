@@ -26,7 +26,11 @@ export const layerSchema = z.strictObject({
    * When a write is answered: `majority` once a majority of the shard's voters hold it durably (the host's crash loses
    * nothing answered), `local` once this node does. Defaults: majority for host layers, local for crdt layers.
    */
-  writeConcern: z.enum(['majority', 'local']).optional()
+  writeConcern: z.enum(['majority', 'local']).optional(),
+  /** World sessions: how many times a second clients get this layer's changes. */
+  tickHz: z.int().min(1).max(60).default(20),
+  /** World sessions: positions are rounded to this step before they are compared or sent (0: exact). */
+  quantum: z.number().min(0).max(1_000_000).default(0)
 })
 
 /** A layer's write concern, its default filled in. */
@@ -51,8 +55,8 @@ export const worldSchema = z.strictObject({
   /** Side of a square cell, in world units. */
   cellSize: z.number().positive().default(256),
   layers: z.array(layerSchema).min(1).max(16).default([
-    { name: 'physics', consistency: 'host', require: [], decorative: false },
-    { name: 'presence', consistency: 'crdt', require: [], decorative: false }
+    { name: 'physics', consistency: 'host', require: [], decorative: false, tickHz: 20, quantum: 0 },
+    { name: 'presence', consistency: 'crdt', require: [], decorative: false, tickHz: 20, quantum: 0 }
   ]),
   /** Areas of the world whose players are in one region (first match wins); elsewhere a shard has no home region. */
   regions: z.array(regionAreaSchema).max(1024).default([])
@@ -78,7 +82,7 @@ export interface ShardInfo {
  * shard, though they hold no part of the world (the provenance ledger's
  * registrar). Host-authoritative: one writer, fenced by epoch.
  */
-export const SYSTEM_LAYER: Layer = { name: 'sys', consistency: 'host', require: [], decorative: false, writeConcern: 'local' }
+export const SYSTEM_LAYER: Layer = { name: 'sys', consistency: 'host', require: [], decorative: false, writeConcern: 'local', tickHz: 1, quantum: 0 }
 
 export class World {
   readonly config: WorldConfig

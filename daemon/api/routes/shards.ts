@@ -4,15 +4,15 @@
  * before anything is written, so a refused request leaves the state as it was.
  */
 import { z } from 'zod'
-import { ApiError, badRequest, notFound, parseInput } from '../errors.ts'
+import { ApiError, notFound, parseInput } from '../errors.ts'
 import { shardId } from '../../config/schema.ts'
-import { checkComponents, MAX_NAME_LENGTH, ShardDocError } from '../../../storage/crdt/shard-doc.ts'
+import { MAX_NAME_LENGTH } from '../../../storage/crdt/shard-doc.ts'
 import type { JsonValue } from '../../../storage/crdt/codec.ts'
-import { UnknownShardError, type Replication } from '../../../p2p/sync/replication.ts'
+import type { Replication } from '../../../p2p/sync/replication.ts'
 import type { ShardStore } from '../../../storage/shard-store.ts'
 import type { Authorize } from '../authorize.ts'
-import type { Metrics } from '../../metrics.ts'
-import type { FastifyInstance, FastifyReply } from 'fastify'
+import type { ShardWriter, WriteOp } from '../../world/writes.ts'
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 
 /** A subscriber this far behind is dropped rather than buffered without bound. */
 const MAX_SSE_BUFFER_BYTES = 1024 * 1024
@@ -43,14 +43,10 @@ const batchBody = z.strictObject({ ops: z.array(batchOp).min(1).max(MAX_BATCH_OP
 
 export interface ShardRouteComponents {
   replication: Replication
+  /** Every write goes through it (writes.ts): values, lease rules, commit, write concern. */
+  writer: ShardWriter
   /** Refuses a write the caller may not make (see authorize.ts). */
   authorize: Authorize
-  metrics: Metrics | null
-  maxValueBytes: number
-  /** Refuses a write this node may not take under the lease rules (placement.ts), before anything is read or written. */
-  guardWrite?: (shard: string, epoch: number | undefined) => void
-  /** After a write is durable here: waits for the shard's write concern (a majority of its voters for host layers); throws an ApiError when it is not met. */
-  writeConcern?: (shard: string) => Promise<void>
 }
 
 /** Clients of host-authoritative shards name the lease epoch they believe in; a write under an older one is refused. */
@@ -61,31 +57,10 @@ interface Subscriber {
   shard: string
 }
 
-/**
- * Checks each write's names and values by the document's own rules (the same
- * the admission layer holds remote writes to) before anything is written.
- */
-function checkValues (entity: string, values: Record<string, unknown>, maxValueBytes: number): void {
-  try {
-    checkComponents(entity, values as Record<string, JsonValue | null>, maxValueBytes)
-  } catch (err) {
-    if (err instanceof ShardDocError) throw err.code === 'VALUE_TOO_LARGE' ? new ApiError(413, err.code, err.message) : badRequest(err.code, err.message)
-    throw err
-  }
-}
-
 export function registerShardRoutes (app: FastifyInstance, deps: ShardRouteComponents): void {
-  const { replication, metrics } = deps
+  const { replication, writer } = deps
   const subscribers = new Set<Subscriber>()
-
-  const store = (shard: string): ShardStore => {
-    try {
-      return replication.shard(shard)
-    } catch (err) {
-      if (err instanceof UnknownShardError) throw notFound('UNKNOWN_SHARD', err.message)
-      throw err
-    }
-  }
+  const store = (shard: string): ShardStore => writer.store(shard)
 
   const send = (subscriber: Subscriber, event: string, data: unknown): void => {
     const raw = subscriber.reply.raw
@@ -120,12 +95,10 @@ export function registerShardRoutes (app: FastifyInstance, deps: ShardRouteCompo
     if (!url.startsWith('/v1/shards/')) return
     const { shard } = request.params as { shard?: string }
     // System shards are written by the node itself under per-entry ownership rules, never through the API.
-    if (shard?.startsWith('sys.') === true) throw new ApiError(403, 'SYSTEM_SHARD', `${shard} is a system shard; its entries are written by the node that owns them`)
+    if (shard?.startsWith('sys.') === true) writer.guard(shard, undefined)
     await deps.authorize(request, `shard:${shard ?? ''}`, 'write')
-    if (deps.guardWrite != null && shard != null) {
-      const epoch = parseInput(epochHeader, request.headers['x-metagrid-epoch'], 'headers')
-      deps.guardWrite(shard, epoch)
-    }
+    // The lease check before the body is read (the handoff route relies on it too); the writer checks again as it writes.
+    if (shard != null) writer.guard(shard, epochOf(request))
   })
 
   replication.addEventListener('change', (event) => {
@@ -134,11 +107,8 @@ export function registerShardRoutes (app: FastifyInstance, deps: ShardRouteCompo
     announce(shard, replication.shard(shard).doc, result.entities, result.counters, 'remote')
   })
 
-  /** A write is answered once durable here and, where the shard asks for it, on a majority of its voters. */
-  const commit = async (shard: string, target: ShardStore): Promise<void> => {
-    await target.commit()
-    await deps.writeConcern?.(shard)
-  }
+  writer.onWritten((shard, target, entities, counters) => { announce(shard, target.doc, entities, counters, 'local') })
+  const epochOf = (request: FastifyRequest): number | undefined => parseInput(epochHeader, request.headers['x-metagrid-epoch'], 'headers')
 
   const written = (shard: ShardStore, extra: Record<string, unknown>): Record<string, unknown> => ({
     shard: shard.shard,
@@ -186,13 +156,8 @@ export function registerShardRoutes (app: FastifyInstance, deps: ShardRouteCompo
       handler: async (request) => {
         const { shard, entity } = parseInput(entityParams, request.params, 'params')
         const body = parseInput(schema, request.body, 'body')
-        const target = store(shard)
-        checkValues(entity, body.components, deps.maxValueBytes)
-        if (kind === 'put') target.doc.putEntity(entity, body.components as Record<string, JsonValue>)
-        else target.doc.patchEntity(entity, body.components as Record<string, JsonValue | null>)
-        await commit(shard, target)
-        metrics?.crdtWrites.inc({ kind })
-        announce(shard, target.doc, [entity], [], 'local')
+        const op: WriteOp = kind === 'put' ? { op: 'put', entity, components: body.components as Record<string, JsonValue> } : { op: 'patch', entity, components: body.components as Record<string, JsonValue | null> }
+        const { store: target } = await writer.write(shard, [op], epochOf(request))
         return written(target, { entity })
       }
     })
@@ -200,24 +165,14 @@ export function registerShardRoutes (app: FastifyInstance, deps: ShardRouteCompo
 
   app.delete('/v1/shards/:shard/entities/:entity', async (request) => {
     const { shard, entity } = parseInput(entityParams, request.params, 'params')
-    const target = store(shard)
-    const deleted = target.doc.deleteEntity(entity)
-    await commit(shard, target)
-    if (deleted) {
-      metrics?.crdtWrites.inc({ kind: 'delete' })
-      announce(shard, target.doc, [entity], [], 'local')
-    }
-    return written(target, { entity, deleted })
+    const { store: target, entities } = await writer.write(shard, [{ op: 'delete', entity }], epochOf(request))
+    return written(target, { entity, deleted: entities.size > 0 })
   })
 
   app.post('/v1/shards/:shard/counters/:name', async (request) => {
     const { shard, name: counter } = parseInput(counterParams, request.params, 'params')
     const body = parseInput(incrementBody, request.body ?? {}, 'body')
-    const target = store(shard)
-    target.doc.increment(counter, body.by)
-    await commit(shard, target)
-    metrics?.crdtWrites.inc({ kind: 'increment' })
-    announce(shard, target.doc, [], [counter], 'local')
+    const { store: target } = await writer.write(shard, [{ op: 'increment', counter, by: body.by }], epochOf(request))
     return written(target, { name: counter, value: target.doc.counter(counter) })
   })
 
@@ -230,21 +185,7 @@ export function registerShardRoutes (app: FastifyInstance, deps: ShardRouteCompo
   app.post('/v1/shards/:shard/batch', async (request) => {
     const { shard } = parseInput(shardParams, request.params, 'params')
     const body = parseInput(batchBody, request.body, 'body')
-    const target = store(shard)
-    for (const op of body.ops) if (op.op === 'put' || op.op === 'patch') checkValues(op.entity, op.components, deps.maxValueBytes)
-    const entities = new Set<string>()
-    const counters = new Set<string>()
-    for (const op of body.ops) {
-      switch (op.op) {
-        case 'put': target.doc.putEntity(op.entity, op.components as Record<string, JsonValue>); entities.add(op.entity); break
-        case 'patch': target.doc.patchEntity(op.entity, op.components as Record<string, JsonValue | null>); entities.add(op.entity); break
-        case 'delete': if (target.doc.deleteEntity(op.entity)) entities.add(op.entity); break
-        case 'increment': target.doc.increment(op.counter, op.by); counters.add(op.counter); break
-      }
-    }
-    await commit(shard, target)
-    metrics?.crdtWrites.inc({ kind: 'batch' }, body.ops.length)
-    announce(shard, target.doc, entities, counters, 'local')
+    const { store: target } = await writer.write(shard, body.ops as WriteOp[], epochOf(request))
     return written(target, { ops: body.ops.length })
   })
 
