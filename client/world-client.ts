@@ -10,8 +10,9 @@
  *
  * It keeps the entities of its area in `entities` (key `<layer>/<entity>`)
  * and tells what changed through events: `enter`, `update`, `leave` (detail:
- * the entity), `tick` (detail: the layer and its tick number), `open`
- * (detail: the node), `close`.
+ * the entity), `tick` (detail: the layer and its tick number), `ack`
+ * (detail: every ack frame, as it arrives), `open` (detail: the node),
+ * `close`, `error` (detail: the node's error frame).
  *
  * It reconnects by itself: after a dropped connection it tries the next URL
  * of `urls` (backing off up to two seconds), says hello with the same client
@@ -57,6 +58,8 @@ export class InputRefusedError extends SessionProtocolError {
 interface Pending {
   frame: ClientFrame & { t: 'input' }
   sentAt: number
+  /** Times it was refused with `retry`; the wait before sending it again doubles with each. */
+  refusals: number
   resolve: (ack: AckFrame) => void
   reject: (err: Error) => void
   retryTimer?: ReturnType<typeof setTimeout>
@@ -71,6 +74,8 @@ export class WorldClient extends EventTarget {
   welcome: WelcomeFrame | null = null
   /** Reconnections since the first connection. */
   reconnects = 0
+  /** What went over the wire, both ways, since the client was made. */
+  readonly stats = { framesIn: 0, bytesIn: 0, framesOut: 0, bytesOut: 0, ticks: 0, updates: 0, acks: 0, duplicates: 0, refusals: 0 }
   private readonly options: Required<Omit<WorldClientOptions, 'token'>> & { token?: Uint8Array }
   private socket: WebSocket | null = null
   private urlIndex = 0
@@ -133,7 +138,7 @@ export class WorldClient extends EventTarget {
   private async input (frame: ClientFrame & { t: 'input' }): Promise<AckFrame> {
     if (this.closed) throw new InputRefusedError('CLOSED', 'the client is closed')
     return new Promise((resolve, reject) => {
-      this.pending.set(frame.seq, { frame, sentAt: Date.now(), resolve, reject })
+      this.pending.set(frame.seq, { frame, sentAt: Date.now(), refusals: 0, resolve, reject })
       this.sendFrame(frame)
     })
   }
@@ -145,7 +150,10 @@ export class WorldClient extends EventTarget {
   private sendFrame (frame: ClientFrame): void {
     // Not yet welcomed: the frame goes out with the others when the session opens (area and inputs are kept).
     if (this.socket?.readyState !== WebSocket.OPEN || this.node == null) return
-    this.socket.send(encodeFrame(frame))
+    const bytes = encodeFrame(frame)
+    this.stats.framesOut++
+    this.stats.bytesOut += bytes.byteLength
+    this.socket.send(bytes)
   }
 
   private connect (): void {
@@ -159,6 +167,8 @@ export class WorldClient extends EventTarget {
     })
     socket.addEventListener('message', (event) => {
       if (!(event.data instanceof ArrayBuffer)) return
+      this.stats.framesIn++
+      this.stats.bytesIn += event.data.byteLength
       let frame
       try {
         frame = decodeFrame(new Uint8Array(event.data))
@@ -217,6 +227,8 @@ export class WorldClient extends EventTarget {
 
   private tick (frame: TickFrame): void {
     const stale = this.stale.get(frame.layer)
+    this.stats.ticks++
+    this.stats.updates += frame.u.length
     for (const entry of frame.u) {
       const key = entry[1]
       if (entry[0] === 'l') {
@@ -248,16 +260,29 @@ export class WorldClient extends EventTarget {
   }
 
   private ack (frame: AckFrame): void {
+    this.dispatchEvent(new CustomEvent('ack', { detail: frame }))
     const pending = this.pending.get(frame.seq)
     if (pending == null) return
     if (frame.ok) {
+      this.stats.acks++
+      if (frame.dup === true) this.stats.duplicates++
       this.pending.delete(frame.seq)
       pending.resolve(frame)
+      // Older inputs of the same entity are superseded now: the node would acknowledge them as such and apply
+      // none of them, so they are settled here rather than sent again (what keeps an overloaded node from a retry storm).
+      for (const [seq, older] of this.pending) {
+        if (seq >= frame.seq || older.frame.layer !== pending.frame.layer || older.frame.entity !== pending.frame.entity) continue
+        clearTimeout(older.retryTimer)
+        this.pending.delete(seq)
+        this.stats.duplicates++
+        older.resolve({ v: 1, t: 'ack', seq, ok: true, dup: true })
+      }
       return
     }
+    this.stats.refusals++
     if (frame.retry === true && !this.closed) {
       clearTimeout(pending.retryTimer)
-      pending.retryTimer = setTimeout(() => { this.sendFrame(pending.frame) }, 250)
+      pending.retryTimer = setTimeout(() => { this.sendFrame(pending.frame) }, Math.min(250 * 2 ** pending.refusals++, 4_000))
       return
     }
     this.pending.delete(frame.seq)

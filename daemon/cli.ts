@@ -8,6 +8,7 @@ import { discoverCommand } from './commands/discover.ts'
 import { meshCommand } from './commands/mesh.ts'
 import { attestCommand, keyCommand, operatorCommand, provenanceCommand, tokenCommand, verifyCommand } from './commands/attest.ts'
 import { placementCommand } from './commands/placement.ts'
+import { playersCommand } from './commands/players.ts'
 import { sloCommand } from './commands/slo.ts'
 import { startCommand } from './commands/start.ts'
 import { statusCommand } from './commands/status.ts'
@@ -37,6 +38,9 @@ commands:
             [--api URL] [--json]
   placement explain SHARD
             every candidate's score terms, rank, and the rule that refused it
+  players   simulated players on random walks over world sessions, with a report
+            --count N --rate HZ [--url WS_URL]... [--api URL] [--duration S] [--radius R]
+            [--speed U] [--layer NAME] [--seed N] [--json]
   slo       service level objectives: current value, error budget left, burn rate, shedding
             [--api URL] [--json]
   key       new FILE | id FILE | psk FILE: create an Ed25519 key file, print its peer id, or create a private-network key
@@ -63,6 +67,7 @@ const COMMANDS: Record<string, Command> = {
   mesh: meshCommand,
   discover: discoverCommand,
   placement: placementCommand,
+  players: playersCommand,
   slo: sloCommand,
   key: keyCommand,
   operator: operatorCommand,

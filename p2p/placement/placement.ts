@@ -172,6 +172,8 @@ export class Placement {
   private leaseRefreshAgain = false
   private startedAt = 0
   private foundWaitLogged = false
+  /** The epoch each world shard's last write here was taken under (one entry per shard of the world at most). */
+  private readonly writeEpochs = new Map<string, number>()
   private candidates: Candidate[] = []
   /** Every node in the table as the policy sees it, alive or not: what lease eligibility is judged by. */
   private subjects = new Map<string, PolicySubject>()
@@ -222,7 +224,9 @@ export class Placement {
       world: this.world,
       history: this.history,
       assigned: (shard, peer) => this.assigned(shard, peer),
-      heldEpoch: (shard) => this.keeper.holding(shard)?.epoch,
+      // A write is sealed when its group commit flushes, a few ms after it was taken: if the lease moved on in between
+      // (a handoff), the batch still names the epoch the write was taken under, not none (which every reader refuses).
+      heldEpoch: (shard) => this.keeper.holding(shard)?.epoch ?? this.writeEpochs.get(shard),
       self: this.self,
       marginMs: this.options.marginMs,
       fallback: this.components.fallbackAuthority
@@ -667,6 +671,7 @@ export class Placement {
         throw new NotHostError('NOT_REPLICA', `this node is not a replica of ${shard} under a valid lease`, host, lease?.epoch ?? null)
       }
       this.components.replication.prepareConcern(shard, majority ? lease.voters : null)
+      this.writeEpochs.set(shard, lease.epoch)
       return
     }
     if (this.keeper.handingOffNow(shard)) throw new NotHostError('HANDOFF_IN_PROGRESS', `shard ${shard} is moving to another host; retry shortly`, host, lease?.epoch ?? null)
@@ -674,6 +679,7 @@ export class Placement {
     if (held == null) throw new NotHostError('NOT_HOST', `this node does not hold the lease of ${shard} (or cannot reach a majority of its voters)`, host, lease?.epoch ?? null)
     if (epoch != null && epoch !== held.epoch) throw new NotHostError('STALE_EPOCH', `write names epoch ${epoch}; the current epoch is ${held.epoch}`, this.address(this.self), held.epoch)
     this.components.replication.prepareConcern(shard, majority ? held.voters : null)
+    this.writeEpochs.set(shard, held.epoch)
   }
 
   /** After a write to `shard` is durable here: waits until its layer's write concern is met (WriteConcernError if not in time). */

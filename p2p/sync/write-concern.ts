@@ -36,6 +36,14 @@ const HANDLER_TIMEOUT_MS = 10_000
 const MAX_STREAMS = 16
 /** After a failed request, a voter is asked again this much later. */
 const RETRY_MS = 100
+/**
+ * Refusals of a voter whose view may lag (a lease it has not learned yet, a sync it is behind on): worth asking
+ * again. Any other refusal is the batch's own fault (it names no epoch, is forged, too large) and would be refused
+ * for ever: the pipe is closed rather than left to retry one batch that blocks every write behind it.
+ */
+const LAGGING_VIEW = new Set(['UNKNOWN_EPOCH', 'NOT_HOLDER', 'NOT_REPLICA', 'UNKNOWN_SHARD', 'RATE_LIMITED', 'CLOCK_DRIFT'])
+/** A voter that keeps refusing for a lagging view this long is taken as refusing for good. */
+const MAX_REFUSING_MS = 30_000
 /** A batch a majority holds is kept this long for the voters that do not yet; those catch up by anti-entropy after. */
 const KEEP_COMMITTED_MS = 5_000
 /** Batches kept per shard until every voter holds them; past this the oldest go (their waiters fail). */
@@ -164,6 +172,8 @@ interface VoterPipe {
   next: number
   inFlight: boolean
   retryAt: number
+  /** Since when this voter has refused the entry at `next` (0: it has not). */
+  refusingSince: number
 }
 
 interface Waiter {
@@ -259,7 +269,7 @@ export class WriteConcern {
   private send (pipe: Pipe, voter: string): void {
     let state = pipe.pipes.get(voter)
     if (state == null) {
-      state = { next: pipe.base, inFlight: false, retryAt: 0 }
+      state = { next: pipe.base, inFlight: false, retryAt: 0, refusingSince: 0 }
       pipe.pipes.set(voter, state)
     }
     if (state.inFlight || pipe.fenced != null) return
@@ -292,8 +302,18 @@ export class WriteConcern {
           this.close(pipe, new WriteConcernError('FENCED', `voter ${voter} holds a newer epoch of ${pipe.shard}`))
           return
         }
+        const now = Date.now()
+        if (code == null || held > 0) voterState.refusingSince = 0
+        if (code != null && voterState.refusingSince === 0) voterState.refusingSince = now
+        if (code != null && (!LAGGING_VIEW.has(code) || now - voterState.refusingSince > MAX_REFUSING_MS)) {
+          // Simulated players (metagrid players) saw one batch that named no epoch block every later write of its shard for good.
+          this.components.metrics?.admissionRejected.inc({ path: 'replicate', reason: 'VOTER_REFUSES', action: 'ignore' })
+          this.log.warn({ code: 'REPLICATE_REFUSED', shard: pipe.shard, voter, reason: code }, 'a voter refuses a batch for good; writes waiting on it fail, later ones start over')
+          this.close(pipe, new WriteConcernError('FENCED', `voter ${voter} refuses a batch of ${pipe.shard} (${code})`))
+          return
+        }
         // Refused for a reason of its view (a lease it has not learned yet): ask again shortly.
-        if (code != null) voterState.retryAt = Date.now() + RETRY_MS
+        if (code != null) voterState.retryAt = now + RETRY_MS
         this.advance(pipe)
       }, (err) => {
         voterState.retryAt = Date.now() + RETRY_MS

@@ -15,7 +15,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { WorldClient, type VisibleEntity } from '../../client/world-client.ts'
 import { decodeFrame, encodeFrame, SESSION_PATH } from '../../client/protocol.ts'
 import { startCpuHog, type CpuHog } from '../helpers/cpu-hog.ts'
-import { getJson, waitFor } from '../helpers/daemons.ts'
+import { getJson, runCli, waitFor } from '../helpers/daemons.ts'
 import { metricValue, scrape } from '../helpers/metrics.ts'
 import { pickCities } from '../testbed/geo.ts'
 import { placementTestEnv } from '../testbed/placement-env.ts'
@@ -183,6 +183,17 @@ describe('world sessions', () => {
     await waitFor('each page sees the other player', async () => ((await seenBy(p0, id1)) != null && (await seenBy(p1, id0)) != null ? true : undefined), 20_000, 100)
     await p0.keyboard.press('ArrowRight')
     await waitFor('page 1 sees page 0 move right', async () => ((await seenBy(p1, id0))?.x === 140 ? true : undefined), 20_000, 100)
+  }, 90_000)
+
+  it('runs simulated players across the nodes: every input acknowledged, none lost or applied twice', async () => {
+    const run = await runCli(['players', '--count', '6', '--rate', '10', '--duration', '4', '--radius', '150', '--json', ...[0, 1, 2].flatMap((i) => ['--url', sessionUrl(i)])])
+    expect(run.code, run.stderr).toBe(0)
+    expect(run.stderr).toMatch(/\d+ s: 6\/6 connected/)
+    const report = JSON.parse(run.stdout)
+    expect(report.players).toBe(6)
+    expect(report.inputs.sent).toBeGreaterThan(100)
+    expect(report.inputs).toMatchObject({ acknowledged: report.inputs.sent, lost: 0, appliedTwice: 0, refused: 0 })
+    expect(report.perClient.framesInPerS).toBeGreaterThan(0)
   }, 90_000)
 
   it('keeps both players seeing each other through the failover of their shard\'s host', async () => {
