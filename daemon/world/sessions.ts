@@ -157,14 +157,24 @@ export class WorldSessions {
   start (): void {
     this.running = true
     this.components.replication.addEventListener('change', this.onChange)
-    for (const feed of this.feeds.values()) feed.timer = setInterval(() => { this.tick(feed) }, Math.round(1000 / feed.layer.tickHz))
   }
 
   stop (): void {
     this.running = false
     this.components.replication.removeEventListener('change', this.onChange)
-    for (const feed of this.feeds.values()) clearInterval(feed.timer)
     for (const session of this.sessions.values()) this.close(session, CLOSE_GOING_AWAY, 'SHUTDOWN', 'the node is shutting down')
+    this.ticking(false)
+  }
+
+  /** Layer ticks run while a session is open: an idle node has no timer firing 20 times a second per layer. */
+  private ticking (on: boolean): void {
+    for (const feed of this.feeds.values()) {
+      if (on && feed.timer == null) feed.timer = setInterval(() => { this.tick(feed) }, Math.round(1000 / feed.layer.tickHz))
+      if (!on && feed.timer != null) {
+        clearInterval(feed.timer)
+        feed.timer = undefined
+      }
+    }
   }
 
   get size (): number {
@@ -185,6 +195,7 @@ export class WorldSessions {
     }
     this.sessions.set(session.id, session)
     metrics?.sessions.set(this.sessions.size)
+    this.ticking(true)
     const hello = setTimeout(() => { if (session.client == null) this.close(session, CLOSE_POLICY, 'NO_HELLO', `no hello within ${HELLO_TIMEOUT_MS} ms`) }, HELLO_TIMEOUT_MS)
     socket.on('message', (data: Buffer | ArrayBuffer | Buffer[], isBinary: boolean) => {
       if (session.closed) return
@@ -496,6 +507,7 @@ export class WorldSessions {
     for (const layer of session.layers) this.feeds.get(layer)?.interest.unsubscribe(session.id)
     session.layers.clear()
     this.components.metrics?.sessions.set(this.sessions.size)
+    if (this.sessions.size === 0) this.ticking(false)
   }
 }
 

@@ -16,6 +16,7 @@ import { WorldClient, type VisibleEntity } from '../../client/world-client.ts'
 import { decodeFrame, encodeFrame, SESSION_PATH } from '../../client/protocol.ts'
 import { startCpuHog, type CpuHog } from '../helpers/cpu-hog.ts'
 import { getJson, runCli, waitFor } from '../helpers/daemons.ts'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { metricValue, scrape } from '../helpers/metrics.ts'
 import { pickCities } from '../testbed/geo.ts'
 import { placementTestEnv } from '../testbed/placement-env.ts'
@@ -203,7 +204,16 @@ describe('world sessions', () => {
     const killedAt = Date.now()
     await bed.kill(host)
     // A move made while the shard has no host: acknowledged once a new host took the shard over.
-    const ack = await a.put('physics', 'a', 140, 150, { name: 'ada' })
+    const ack = await Promise.race([a.put('physics', 'a', 140, 150, { name: 'ada' }), sleep(40_000).then(async () => {
+      // What each live node knew, for the log, before the test fails.
+      for (const i of others) {
+        const lease = (await view(i)).shards.find((s) => s.shard === 'physics.1.1')?.lease
+        const text = await scrape(bed.nodes[i]!.api)
+        const inputs = text.split('\n').filter((line) => line.startsWith('metagrid_session_inputs_total') || line.startsWith('metagrid_write_concern_seconds_count')).join(' ')
+        console.log(`node ${i}: lease of physics.1.1 ${lease?.holder.slice(-4)}@${lease?.epoch} valid ${lease?.valid}; ${inputs}`)
+      }
+      throw new Error(`the move made after the kill was not acknowledged within 40 s (${a.unacknowledged} inputs pending)`)
+    })])
     expect(ack.ok).toBe(true)
     await sees(b, 'physics/a', 'b sees a move after the failover', (e) => e.x === 140)
     const stallMs = Date.now() - killedAt

@@ -1,0 +1,198 @@
+/**
+ * World sessions beside Colyseus, in one run on this machine. The server (one
+ * metagrid daemon, or one Colyseus 0.18 room) is pinned to core 0; the
+ * simulated players, all in this process, to core 1. Players walk at random
+ * (30 units/s) in a 1024 × 1024 world and send their position at 20 Hz;
+ * both servers send changes every 50 ms (metagrid's layer tick, Colyseus's
+ * patch rate).
+ *
+ * - metagrid, interest radius 100 (the default world: 4 × 4 cells of 256,
+ *   each player sees those within 100 units, about 11 at 400 players);
+ * - metagrid, everyone sees everyone (a 400 × 400 world of 200-unit cells,
+ *   radius 400, `maxVisible` 1024);
+ * - Colyseus, one room, everyone sees everyone (its default: the whole state
+ *   to every client).
+ *
+ * Figures per scenario: input-to-visible latency at the other players
+ * (p50/p99, ms: each input carries its send time on this process's clock),
+ * server CPU (% of one core, /proc), bytes the server wrote per client per
+ * second (/proc/<pid>/io wchar: the same count for both), and for metagrid
+ * inputs lost or applied twice. One generator core drives every player, so
+ * at the larger counts it, not the server, may set the latency: the
+ * generator's own CPU is reported too.
+ */
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
+import { mkdtemp, readFile, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { cleanDaemonEnv, spawnDaemon } from '../../daemon/process.ts'
+import { runPlayers, summarize } from '../../daemon/world/players.ts'
+import { SESSION_PATH } from '../../client/protocol.ts'
+import { cpuSeconds, sleep } from './harness.ts'
+import { freePort } from '../helpers/daemons.ts'
+
+const COUNTS = (process.env.BENCH_PLAYERS ?? '100,200,400').split(',').map(Number)
+const SECONDS = Number(process.env.BENCH_SESSION_SECONDS ?? 20)
+const RATE_HZ = 20
+const SPEED = 30
+
+const pin = (pid: number, core: number): void => { execFileSync('taskset', ['-a', '-cp', String(core), String(pid)], { stdio: 'ignore' }) }
+
+async function bytesWritten (pid: number): Promise<number> {
+  return Number(/^wchar:\s+(\d+)$/m.exec(await readFile(`/proc/${pid}/io`, 'utf8'))?.[1] ?? Number.NaN)
+}
+
+/** CPU and bytes written by `pid`, and this process's CPU, over `during`. */
+async function measure<T> (pid: number, during: () => Promise<T>): Promise<{ result: T, serverCpuPercent: number, generatorCpuPercent: number, serverBytes: number, seconds: number }> {
+  const [cpu0, bytes0, self0, t0] = [await cpuSeconds(pid), await bytesWritten(pid), process.cpuUsage(), performance.now()]
+  const result = await during()
+  const seconds = (performance.now() - t0) / 1000
+  const self = process.cpuUsage(self0)
+  return {
+    result,
+    serverCpuPercent: Number((100 * (await cpuSeconds(pid) - cpu0) / seconds).toFixed(1)),
+    generatorCpuPercent: Number((100 * (self.user + self.system) / 1e6 / seconds).toFixed(1)),
+    serverBytes: await bytesWritten(pid) - bytes0,
+    seconds
+  }
+}
+
+async function metagrid (players: number, world: 'radius100' | 'everyone'): Promise<Record<string, unknown>> {
+  const dir = await mkdtemp(join(tmpdir(), 'metagrid-bench-sessions-'))
+  const env = world === 'everyone'
+    ? { METAGRID_PLACEMENT_WORLD_MAX_X: '400', METAGRID_PLACEMENT_WORLD_MAX_Y: '400', METAGRID_PLACEMENT_WORLD_CELL_SIZE: '200', METAGRID_SESSIONS_MAX_VISIBLE: '1024' }
+    : {}
+  const node = spawnDaemon({
+    args: ['--data-dir', dir, '--listen', '/ip4/127.0.0.1/tcp/0', '--api', '127.0.0.1:0', '--log-format', 'json', '--log-level', 'warn'],
+    env: cleanDaemonEnv(process.env, { METAGRID_PLACEMENT_SETTLE_MS: '500', METAGRID_PLACEMENT_WORLD_LAYERS: JSON.stringify([{ name: 'physics', consistency: 'host', tickHz: RATE_HZ }]), METAGRID_SESSIONS_MAX_INPUTS_IN_FLIGHT: '256', ...env })
+  })
+  try {
+    const ready = await node.ready
+    pin(node.pid!, 0)
+    const url = `${ready.api.replace(/^http/, 'ws')}${SESSION_PATH}`
+    // Every shard held before the players come.
+    for (let i = 0; i < 100; i++) {
+      const view = await (await fetch(`${ready.api}/v1/placement`)).json() as { shards: Array<{ lease: { valid: boolean } | null }> }
+      if (view.shards.every((s) => s.lease?.valid === true)) break
+      await sleep(200)
+    }
+    const radius = world === 'everyone' ? 400 : 100
+    const m = await measure(node.pid!, async () => runPlayers({ urls: [url], count: players, rateHz: RATE_HZ, durationMs: SECONDS * 1000, radius, speed: SPEED, layer: 'physics', seed: players, drainMs: 10_000 }))
+    const report = m.result
+    return {
+      system: 'metagrid',
+      scenario: world === 'everyone' ? 'everyone sees everyone' : 'interest radius 100',
+      players,
+      inputToVisibleMs: { p50: report.inputToVisibleMs.p50, p99: report.inputToVisibleMs.p99, samples: report.inputToVisibleMs.samples },
+      ackMs: { p50: report.ackMs.p50, p99: report.ackMs.p99 },
+      serverCpuPercent: m.serverCpuPercent,
+      generatorCpuPercent: m.generatorCpuPercent,
+      serverBytesPerClientPerS: Math.round(m.serverBytes / players / m.seconds),
+      clientBytesInPerS: report.perClient.bytesInPerS,
+      updatesPerClientPerS: report.perClient.updatesPerS,
+      inputs: report.inputs
+    }
+  } finally {
+    await node.stop()
+    await rm(dir, { recursive: true, force: true })
+  }
+}
+
+const COLYSEUS_SERVER = `
+import { Room, Server } from '@colyseus/core'
+import { WebSocketTransport } from '@colyseus/ws-transport'
+import { schema, t } from '@colyseus/schema'
+const Player = schema({ x: t.number(), y: t.number(), t: t.number() }, 'Player')
+const State = schema({ players: t.map(Player) }, 'State')
+class World extends Room {
+  maxClients = 100000
+  onCreate () {
+    this.setPatchRate(50)
+    this.state = new State()
+    this.onMessage('move', (client, m) => {
+      const p = this.state.players.get(client.sessionId)
+      if (p != null && typeof m?.x === 'number') { p.x = m.x; p.y = m.y; p.t = m.t }
+    })
+  }
+  onJoin (client) { this.state.players.set(client.sessionId, new Player()) }
+  onLeave (client) { this.state.players.delete(client.sessionId) }
+}
+const server = new Server({ transport: new WebSocketTransport(), greet: false })
+server.define('world', World)
+await server.listen(Number(process.env.PORT), '127.0.0.1')
+process.stdout.write('ready\\n')
+`
+
+async function colyseus (players: number): Promise<Record<string, unknown>> {
+  const port = await freePort()
+  const child: ChildProcess = spawn(process.execPath, ['--input-type=module', '-e', COLYSEUS_SERVER], { env: { ...process.env, PORT: String(port), NODE_ENV: 'production' }, stdio: ['ignore', 'pipe', 'inherit'], cwd: process.cwd() })
+  try {
+    await new Promise<void>((resolve, reject) => {
+      child.stdout!.on('data', (data: Buffer) => { if (data.toString().includes('ready')) resolve() })
+      child.once('exit', (code) => { reject(new Error(`colyseus server exited ${code}`)) })
+    })
+    pin(child.pid!, 0)
+    const { Client, getStateCallbacks } = await import('@colyseus/sdk')
+    const now = (): number => performance.timeOrigin + performance.now()
+    const visible: number[] = []
+    const rooms: any[] = []
+    let measuring = false
+    for (let i = 0; i < players; i++) {
+      const room: any = await new Client(`ws://127.0.0.1:${port}`).joinOrCreate('world')
+      const $: any = getStateCallbacks(room)
+      $(room.state).players.onAdd((player: any, key: string) => {
+        if (key === room.sessionId) return
+        $(player).onChange(() => { if (measuring && player.t > 0) visible.push(now() - player.t) })
+      })
+      rooms.push(room)
+    }
+    const walkers = rooms.map((room, i) => ({ room, x: (i * 97) % 1024, y: (i * 389) % 1024, heading: i }))
+    const interval = 1000 / RATE_HZ
+    const m = await measure(child.pid!, async () => {
+      measuring = true
+      const timers = walkers.map((w, i) => setTimeout(() => {
+        const send = (): void => {
+          w.heading += (Math.sin(i + now()) - 0.5) * 0.6
+          w.x = Math.min(1023, Math.max(0, w.x + Math.cos(w.heading) * SPEED / RATE_HZ))
+          w.y = Math.min(1023, Math.max(0, w.y + Math.sin(w.heading) * SPEED / RATE_HZ))
+          w.room.send('move', { x: w.x, y: w.y, t: now() })
+        }
+        send()
+        timers[i] = setInterval(send, interval) as unknown as ReturnType<typeof setTimeout>
+      }, (i / walkers.length) * interval))
+      await sleep(SECONDS * 1000)
+      for (const timer of timers) clearInterval(timer)
+      measuring = false
+    })
+    for (const room of rooms) await room.leave().catch(() => {})
+    const s = summarize(visible)
+    return {
+      system: 'colyseus 0.18',
+      scenario: 'everyone sees everyone',
+      players,
+      inputToVisibleMs: { p50: s.p50, p99: s.p99, samples: s.samples },
+      serverCpuPercent: m.serverCpuPercent,
+      generatorCpuPercent: m.generatorCpuPercent,
+      serverBytesPerClientPerS: Math.round(m.serverBytes / players / m.seconds)
+    }
+  } finally {
+    child.kill('SIGKILL')
+  }
+}
+
+export async function run (): Promise<Record<string, unknown>> {
+  // The players run on core 1, the servers on core 0.
+  pin(process.pid, 1)
+  const rows: Array<Record<string, unknown>> = []
+  for (const players of COUNTS) {
+    for (const scenario of [() => metagrid(players, 'radius100'), () => metagrid(players, 'everyone'), () => colyseus(players)]) {
+      const row = await scenario()
+      process.stderr.write(`  ${JSON.stringify(row)}\n`)
+      rows.push(row)
+    }
+  }
+  return {
+    note: `players on random walks (${SPEED} units/s) sending their position at ${RATE_HZ} Hz for ${SECONDS} s; changes sent every 50 ms; server pinned to core 0, every player in one process on core 1; ms from an input to another player seeing it`,
+    rows
+  }
+}
