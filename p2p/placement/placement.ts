@@ -598,8 +598,12 @@ export class Placement {
    * granted by both the old and the new set.
    */
   private reconfigure (terms: LeaseTerms, desired: Assignment | undefined, now: number): boolean {
-    if (desired == null || desired.host !== this.self) return false
+    if (desired == null) return false
     const wanted = new Set([this.self, ...desired.replicas])
+    // Kept here though another node is wanted (the move is not worth it yet): a lease with fewer voters than its
+    // shard wants still grows them, or this node's crash leaves the shard unheld until the lease runs out. A clean-
+    // clone CI run saw it: a genesis lease taken alone kept its single voter, and killing its holder stopped the shard.
+    if (desired.host !== this.self) return terms.voters.length < wanted.size
     if (wanted.size === terms.voters.length && terms.voters.every((p) => wanted.has(p))) return false
     return terms.voters.length < wanted.size || now - terms.startedAt >= this.options.minHoldMs
   }

@@ -198,6 +198,8 @@ describe('world sessions', () => {
   }, 90_000)
 
   it('keeps both players seeing each other through the failover of their shard\'s host', async () => {
+    // A host can fail over only to voters that are alive: the players' shard has all three before the kill.
+    await waitFor('physics.1.1 replicated on all three nodes', async () => ((await view(others[0]!)).shards.find((s) => s.shard === 'physics.1.1')?.lease?.voters.length === 3 ? true : undefined), 30_000, 200)
     // Both back in cell (1, 1), which the node about to die hosts.
     await b.put('physics', 'b', 160, 150, { name: 'bo' })
     await sees(a, 'physics/b', 'a sees b back', (e) => e.x === 160)
