@@ -57,7 +57,6 @@ export class InputRefusedError extends SessionProtocolError {
 
 interface Pending {
   frame: ClientFrame & { t: 'input' }
-  sentAt: number
   /** Times it was refused with `retry`; the wait before sending it again doubles with each. */
   refusals: number
   resolve: (ack: AckFrame) => void
@@ -138,7 +137,7 @@ export class WorldClient extends EventTarget {
   private async input (frame: ClientFrame & { t: 'input' }): Promise<AckFrame> {
     if (this.closed) throw new InputRefusedError('CLOSED', 'the client is closed')
     return new Promise((resolve, reject) => {
-      this.pending.set(frame.seq, { frame, sentAt: Date.now(), refusals: 0, resolve, reject })
+      this.pending.set(frame.seq, { frame, refusals: 0, resolve, reject })
       this.sendFrame(frame)
     })
   }

@@ -177,10 +177,6 @@ export class WorldSessions {
     }
   }
 
-  get size (): number {
-    return this.sessions.size
-  }
-
   /** Takes a new WebSocket; `crossOrigin` says whether a browser page of another origin opened it. */
   attach (socket: WebSocket, remote: string, crossOrigin: boolean): void {
     const metrics = this.components.metrics
