@@ -2,17 +2,16 @@
  * Signatures on delta batches (storage/crdt/batch.ts): made once per group
  * commit with the node key, checked by every receiver against the origin's
  * own key, which an Ed25519 peer id carries. node:crypto signs with a key
- * object built once, at about 25,000 signatures a second on one core
- * (libp2p's key wrapper re-imports the key on every call, three times slower).
+ * object built once (attest/signing-key.ts), at about 25,000 signatures a
+ * second on one core.
  */
-import { createPrivateKey, sign } from 'node:crypto'
+import { sign } from 'node:crypto'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { batchSigningInput, encodeBatchHeader, type BatchHeader, type BatchTerms } from '../storage/crdt/batch.ts'
 import { verifyEd25519 } from './envelope.ts'
 import type { PrivateKey } from '@libp2p/interface'
+import { ed25519KeyObject } from './signing-key.ts'
 
-/** DER prefix of an Ed25519 PKCS#8 private key; the 32-byte seed follows. */
-const ED25519_PKCS8_PREFIX = Buffer.from('302e020100300506032b657004220420', 'hex')
 const originKeys = new Map<string, Uint8Array | null>()
 /** Origins whose keys are kept parsed; past it the cache starts over (a mesh has far fewer writers per node). */
 const MAX_CACHED_ORIGINS = 4096
@@ -23,9 +22,7 @@ export interface BatchSigner {
 }
 
 export function batchSigner (key: PrivateKey): BatchSigner {
-  if (key.type !== 'Ed25519') throw new TypeError(`batches are signed with Ed25519 keys, not ${key.type}`)
-  const seed = key.raw.subarray(0, 32)
-  const keyObject = createPrivateKey({ key: Buffer.concat([ED25519_PKCS8_PREFIX, seed]), format: 'der', type: 'pkcs8' })
+  const keyObject = ed25519KeyObject(key)
   return {
     seal: (terms) => encodeBatchHeader(terms, new Uint8Array(sign(null, batchSigningInput(terms), keyObject)))
   }

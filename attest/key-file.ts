@@ -10,6 +10,7 @@ import { open, readFile, rename, rm, stat } from 'node:fs/promises'
 import { dirname } from 'node:path'
 import { generateKeyPair, privateKeyFromProtobuf, privateKeyToProtobuf } from '@libp2p/crypto/keys'
 import type { Ed25519PrivateKey } from '@libp2p/interface'
+import { withCachedSigning } from './signing-key.ts'
 
 export class KeyFileError extends Error {
   static override name = 'KeyFileError'
@@ -68,7 +69,7 @@ export async function loadOrCreateEd25519Key (path: string): Promise<LoadedKey> 
     } catch (writeErr) {
       throw new KeyFileError(path, `cannot write new key file (${(writeErr as NodeJS.ErrnoException).code ?? 'unknown error'})`, { cause: writeErr })
     }
-    return { key, created: true }
+    return { key: withCachedSigning(key), created: true }
   }
 
   let key
@@ -81,5 +82,5 @@ export async function loadOrCreateEd25519Key (path: string): Promise<LoadedKey> 
     throw new KeyFileError(path, `key file holds a ${key.type} key, expected Ed25519`)
   }
   const mode = (await stat(path)).mode & 0o777
-  return { key, created: false, ...((mode & 0o077) !== 0 ? { looseMode: mode } : {}) }
+  return { key: withCachedSigning(key), created: false, ...((mode & 0o077) !== 0 ? { looseMode: mode } : {}) }
 }

@@ -1,6 +1,6 @@
 import { mkdir, readFile, stat, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { generateKeyPair, privateKeyToProtobuf } from '@libp2p/crypto/keys'
+import { generateKeyPair, privateKeyFromProtobuf, privateKeyToProtobuf } from '@libp2p/crypto/keys'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import { afterAll, describe, expect, it } from 'vitest'
 import { KeyFileError, loadOrCreateEd25519Key } from '../../attest/key-file.ts'
@@ -54,5 +54,23 @@ describe('key file', () => {
     const path = join(await bed.tempDir(), 'node.key')
     await writeFile(path, privateKeyToProtobuf(await generateKeyPair('Ed25519')), { mode: 0o644 })
     expect((await loadOrCreateEd25519Key(path)).looseMode).toBe(0o644)
+  })
+})
+
+describe('cached signing', () => {
+  it('signs the same bytes as libp2p\'s key wrapper, for a buffer and a list, and honours an aborted signal', async () => {
+    const path = join(await bed.tempDir(), 'node.key')
+    const { key } = await loadOrCreateEd25519Key(path)
+    const plain = privateKeyFromProtobuf(privateKeyToProtobuf(key))
+    expect(key.sign).not.toBe(plain.sign)
+    for (const message of [new Uint8Array(0), new TextEncoder().encode('a gossip message'), new Uint8Array(70_000).fill(7)]) {
+      const signature = key.sign(message) as Uint8Array
+      expect(signature).toEqual(new Uint8Array(await plain.sign(message)))
+      expect(await key.publicKey.verify(message, signature)).toBe(true)
+    }
+    // A Uint8ArrayList (what a stream hands over) is signed as its bytes joined.
+    const list = { subarray: () => new Uint8Array([1, 2, 3]) } as unknown as Parameters<typeof key.sign>[0]
+    expect(key.sign(list)).toEqual(new Uint8Array(await plain.sign(new Uint8Array([1, 2, 3]))))
+    expect(() => key.sign(new Uint8Array(1), { signal: AbortSignal.abort() })).toThrow()
   })
 })
