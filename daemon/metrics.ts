@@ -86,6 +86,7 @@ export class Metrics implements P2pMetrics {
   readonly sessionRejected: Counter<'reason'>
   /** Session inputs by outcome (applied, duplicate, refused code). */
   readonly sessionInputs: Counter<'result'>
+  readonly sessionTickCommits: Counter
   readonly sessionInputSeconds: Histogram
 
   constructor (registry: Registry = new Registry()) {
@@ -166,6 +167,7 @@ export class Metrics implements P2pMetrics {
     this.sessionBytes = new Counter({ name: 'metagrid_session_bytes_total', help: 'World session frame bytes, by direction (in, out)', labelNames: ['direction'], registers })
     this.sessionRejected = new Counter({ name: 'metagrid_session_rejected_total', help: 'World session frames refused or sessions closed by this node, by reason', labelNames: ['reason'], registers })
     this.sessionInputs = new Counter({ name: 'metagrid_session_inputs_total', help: 'World session inputs by outcome (applied, duplicate, or the refusal code)', labelNames: ['result'], registers })
+    this.sessionTickCommits = new Counter({ name: 'metagrid_session_tick_commits_total', help: 'Shard commits made on a layer tick, each holding every input the shard took here since the last one', registers })
     this.sessionInputSeconds = new Histogram({ name: 'metagrid_session_input_seconds', help: 'Time from an input arriving to its acknowledgement (applied or duplicate)', buckets: [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5], registers })
   }
 

@@ -363,7 +363,8 @@ export class MetagridNode {
             return { ok: false, code: 'NOT_TRUSTED', message: 'this node takes relayed inputs from nodes its federation trusts', retry: false }
           }
           if (placementPart.world.shard(input.shard) == null || input.shard.startsWith('sys.')) return { ok: false, code: 'UNKNOWN_SHARD', message: `${input.shard} is not a world shard`, retry: false }
-          return applyInput(writer, input)
+          // Through the sessions, which commit it on its layer's clock (they exist whenever the relay does).
+          return this.sessions != null ? this.sessions.applyHere(input) : applyInput(writer, input)
         },
         metrics,
         logger

@@ -164,6 +164,8 @@ export class ShardStore extends TypedEventEmitter<ShardEvents> {
   private pendingIndex: LogIndexEntry[] = []
   private waiters: Array<{ resolve: () => void, reject: (err: Error) => void }> = []
   private flushTimer: NodeJS.Timeout | undefined
+  /** The group-commit window now, when a caller set one (a world layer's tick); else `batchMs`. */
+  private window: number | null = null
   private flushing: Promise<void> | undefined
   private compacting: Promise<void> | undefined
   private closed = false
@@ -323,6 +325,28 @@ export class ShardStore extends TypedEventEmitter<ShardEvents> {
     return result
   }
 
+  /**
+   * Widens (or narrows) the group-commit window from `batchMs`; null goes back
+   * to it. A caller that commits on its own clock (a world layer flushing with
+   * `flushNow` just before each tick) sets its clock's period here, as the
+   * longest a write waits if that clock stops.
+   */
+  set commitWindowMs (ms: number | null) {
+    this.window = ms
+  }
+
+  get commitWindowMs (): number {
+    return this.window ?? this.options.batchMs
+  }
+
+  /** Commits what is pending now instead of at the end of the window; resolves once it is durable. */
+  async flushNow (): Promise<void> {
+    if (this.closed || this.waiters.length === 0) return this.flushing
+    clearTimeout(this.flushTimer)
+    this.flushTimer = undefined
+    return this.flush()
+  }
+
   /** Log records since the last compaction, oldest first. */
   logIndex (): readonly LogIndexEntry[] {
     return this.index
@@ -348,7 +372,7 @@ export class ShardStore extends TypedEventEmitter<ShardEvents> {
   private whenDurable (): Promise<void> {
     return new Promise((resolve, reject) => {
       this.waiters.push({ resolve, reject })
-      this.flushTimer ??= setTimeout(() => { this.flushTimer = undefined; void this.flush() }, this.options.batchMs)
+      this.flushTimer ??= setTimeout(() => { this.flushTimer = undefined; void this.flush() }, this.commitWindowMs)
     })
   }
 

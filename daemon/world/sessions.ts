@@ -68,6 +68,10 @@ const MAX_OWN_ENTITIES = 64
 const CLOSE_POLICY = 1008
 const CLOSE_TRY_LATER = 1013
 const CLOSE_GOING_AWAY = 1001
+/** A layer clock kept for relayed inputs alone stops this long after the last one. */
+const CLOCK_IDLE_MS = 2_000
+
+const tickMs = (layer: Layer): number => Math.round(1000 / layer.tickHz)
 
 // eslint-disable-next-line no-control-regex
 const name = z.string().min(1).max(MAX_NAME_LENGTH).regex(/^[^\u0000-\u001f~]/, { error: 'expected a name with no control characters, not starting with ~' }).regex(/^[^\u0000-\u001f]+$/)
@@ -94,13 +98,29 @@ interface LayerFeed {
   loaded: Set<string>
   /** Sessions that get a tick next time even if nothing changed: their snapshot after an area. */
   fresh: Set<string>
+  /** Shards hosted here that took an input since the last tick: committed together just before it. */
+  dirty: Set<ShardStore>
+  /** Shards whose commit window this layer's clock set (back to `batchMs` when the clock stops). */
+  clocked: Set<ShardStore>
+  /** When an input last reached a shard of this layer hosted here. */
+  lastInputAt: number
   n: number
   timer: NodeJS.Timeout | undefined
+  /** A tick is committing; the next timer fire waits for it rather than overlap. */
+  busy: boolean
+}
+
+/** The connection under a WebSocket: frames written in one turn of the event loop are held and go out in one write. */
+export interface Corkable {
+  cork: () => void
+  uncork: () => void
 }
 
 interface Session {
   id: string
   socket: WebSocket
+  transport: Corkable | null
+  corked: boolean
   remote: string
   client: string | null
   caller: Caller | null
@@ -127,8 +147,7 @@ export class WorldSessions {
   private readonly onChange = (event: CustomEvent<{ shard: string, result: { entities: Set<string> } | null }>): void => {
     const { shard, result } = event.detail
     if (result == null) return
-    const info = this.components.world.shard(shard)
-    const feed = info == null ? undefined : this.feeds.get(info.layer.name)
+    const feed = this.feedOf(shard)
     if (feed == null || !feed.loaded.has(shard)) return
     const store = this.components.replication.opened(shard)
     if (store == null) return
@@ -148,8 +167,12 @@ export class WorldSessions {
         where: new Map(),
         loaded: new Set(),
         fresh: new Set(),
+        dirty: new Set(),
+        clocked: new Set(),
+        lastInputAt: 0,
         n: 0,
-        timer: undefined
+        timer: undefined,
+        busy: false
       })
     }
   }
@@ -166,21 +189,64 @@ export class WorldSessions {
     this.ticking(false)
   }
 
-  /** Layer ticks run while a session is open: an idle node has no timer firing 20 times a second per layer. */
-  private ticking (on: boolean): void {
-    for (const feed of this.feeds.values()) {
-      if (on && feed.timer == null) feed.timer = setInterval(() => { this.tick(feed) }, Math.round(1000 / feed.layer.tickHz))
+  /**
+   * A layer's clock runs while a session is open here or inputs reach its
+   * shards here (relayed by other nodes' sessions): an idle node has no timer
+   * firing 20 times a second per layer.
+   */
+  private ticking (on: boolean, only?: LayerFeed): void {
+    for (const feed of only != null ? [only] : this.feeds.values()) {
+      if (on && feed.timer == null) feed.timer = setInterval(() => { void this.tick(feed) }, tickMs(feed.layer))
       if (!on && feed.timer != null) {
         clearInterval(feed.timer)
         feed.timer = undefined
+        // Writes go back to the store's own window; what waited for a tick is committed now.
+        for (const store of feed.clocked) {
+          store.commitWindowMs = null
+          void store.flushNow().catch(() => {})
+        }
+        feed.clocked.clear()
+        feed.dirty.clear()
       }
     }
   }
 
-  /** Takes a new WebSocket; `crossOrigin` says whether a browser page of another origin opened it. */
-  attach (socket: WebSocket, remote: string, crossOrigin: boolean): void {
+  /**
+   * Applies an input to a shard this node hosts: from a session here or one
+   * relayed by another node. Inputs are committed on the layer's clock: every
+   * input a shard took during a tick goes to LevelDB (and to the voters, and
+   * by gossip to the relaying nodes) as one batch, just before the tick that
+   * shows it; each is acknowledged once that batch meets the write concern.
+   * If the clock stalls, a write waits at most one tick interval (the
+   * store's commit window), as it would for the next tick.
+   */
+  async applyHere (input: ForwardedInput): Promise<InputAnswer> {
+    const feed = this.running ? this.feedOf(input.shard) : undefined
+    const store = feed == null ? undefined : this.components.replication.opened(input.shard)
+    if (feed != null && store != null) {
+      feed.lastInputAt = Date.now()
+      if (!feed.clocked.has(store)) {
+        store.commitWindowMs = tickMs(feed.layer)
+        feed.clocked.add(store)
+      }
+      feed.dirty.add(store)
+      this.ticking(true, feed)
+    }
+    return applyInput(this.components.writer, input)
+  }
+
+  private feedOf (shard: string): LayerFeed | undefined {
+    const info = this.components.world.shard(shard)
+    return info == null ? undefined : this.feeds.get(info.layer.name)
+  }
+
+  /**
+   * Takes a new WebSocket; `crossOrigin` says whether a browser page of
+   * another origin opened it; `transport` is the connection under it.
+   */
+  attach (socket: WebSocket, remote: string, crossOrigin: boolean, transport: Corkable | null = null): void {
     const metrics = this.components.metrics
-    const session: Session = { id: randomBytes(8).toString('hex'), socket, remote, client: null, caller: null, hello: null, layers: new Set(), inFlight: 0, own: new Map(), areaBusy: false, nextArea: null, closed: false }
+    const session: Session = { id: randomBytes(8).toString('hex'), socket, transport, corked: false, remote, client: null, caller: null, hello: null, layers: new Set(), inFlight: 0, own: new Map(), areaBusy: false, nextArea: null, closed: false }
     if (crossOrigin) {
       this.close(session, CLOSE_POLICY, 'CROSS_ORIGIN', 'a page of another origin may not open a session on this node')
       return
@@ -386,8 +452,26 @@ export class WorldSessions {
     return { x: minX + ((info?.cx ?? 0) + 0.5) * cellSize, y: minY + ((info?.cy ?? 0) + 0.5) * cellSize }
   }
 
-  private tick (feed: LayerFeed): void {
-    if (!this.running) return
+  private async tick (feed: LayerFeed): Promise<void> {
+    if (!this.running || feed.busy) return
+    if (feed.dirty.size > 0) {
+      const dirty = [...feed.dirty]
+      feed.dirty.clear()
+      feed.busy = true
+      this.components.metrics?.sessionTickCommits.inc(dirty.length)
+      try {
+        // A failed commit is answered to its inputs by the store; the tick goes on.
+        await Promise.all(dirty.map(async (store) => store.flushNow().catch(() => {})))
+      } finally {
+        feed.busy = false
+      }
+      if (!this.running) return
+    }
+    if (this.sessions.size === 0) {
+      // Kept for relayed inputs only: stops a while after the last one.
+      if (Date.now() - feed.lastInputAt > CLOCK_IDLE_MS) this.ticking(false, feed)
+      return
+    }
     feed.n++
     const { updates } = feed.interest.tick()
     for (const id of feed.fresh) if (!updates.has(id)) updates.set(id, [])
@@ -463,7 +547,7 @@ export class WorldSessions {
       const host = this.components.hostOf(input.shard)
       const answer: InputAnswer = host == null
         ? { ok: false, code: 'NO_HOST', message: `shard ${input.shard} has no host right now`, retry: true }
-        : host === this.components.self ? await applyInput(this.components.writer, input) : await this.components.relay.send(host, input)
+        : host === this.components.self ? await this.applyHere(input) : await this.components.relay.send(host, input)
       const delay = Math.min(100 * 2 ** attempt, 1_000)
       if (answer.ok || !answer.retry || Date.now() + delay > deadline || !this.running) return answer
       await new Promise((resolve) => setTimeout(resolve, delay))
@@ -479,11 +563,24 @@ export class WorldSessions {
     this.write(session, frame)
   }
 
-  /** One frame out, a fresh buffer each (none is reused while the socket may still hold it). */
+  /**
+   * One frame out, a fresh buffer each (none is reused while the socket may
+   * still hold it). The frames of one turn of the event loop (a tick's
+   * acknowledgements and the tick itself) leave in one write to the kernel.
+   */
   private write (session: Session, frame: ServerFrame): void {
     const bytes = encodeFrame(frame)
     this.components.metrics?.sessionFrames.inc({ direction: 'out', type: frame.t })
     this.components.metrics?.sessionBytes.inc({ direction: 'out' }, bytes.byteLength)
+    const { transport } = session
+    if (transport != null && !session.corked) {
+      session.corked = true
+      transport.cork()
+      setImmediate(() => {
+        session.corked = false
+        transport.uncork()
+      })
+    }
     session.socket.send(bytes)
   }
 
@@ -503,7 +600,8 @@ export class WorldSessions {
     for (const layer of session.layers) this.feeds.get(layer)?.interest.unsubscribe(session.id)
     session.layers.clear()
     this.components.metrics?.sessions.set(this.sessions.size)
-    if (this.sessions.size === 0) this.ticking(false)
+    // A layer whose shards here still take relayed inputs keeps its clock; tick() stops it once they stop.
+    if (this.sessions.size === 0) for (const feed of this.feeds.values()) if (Date.now() - feed.lastInputAt > CLOCK_IDLE_MS) this.ticking(false, feed)
   }
 }
 

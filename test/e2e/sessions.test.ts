@@ -130,6 +130,26 @@ describe('world sessions', () => {
     socket.close()
   }, 60_000)
 
+  it('commits the inputs a shard took during a tick together, just before the tick', async () => {
+    const commits = async (): Promise<number> => metricValue(await scrape(bed.nodes[host]!.api), 'metagrid_session_tick_commits_total') ?? 0
+    const before = await commits()
+    const started = performance.now()
+    // 30 inputs 10 ms apart into cell (1, 1), relayed to its host: about six ticks at 20 Hz.
+    const acks = []
+    for (let i = 0; i < 30; i++) {
+      acks.push(a.put('physics', `burst-${i}`, 110 + i, 180, {}))
+      await sleep(10)
+    }
+    expect((await Promise.all(acks)).every((ack) => ack.ok)).toBe(true)
+    const ticks = Math.ceil((performance.now() - started) / 50)
+    const made = await commits() - before
+    console.log(`30 inputs over ${ticks} ticks: ${made} commits at the host`)
+    // One commit per tick that had inputs, not one per input (each had its own with a 5 ms group-commit window).
+    expect(made).toBeGreaterThan(0)
+    expect(made).toBeLessThanOrEqual(Math.min(ticks + 1, 15))
+    await Promise.all(Array.from({ length: 30 }, async (_, i) => a.delete('physics', `burst-${i}`, 110 + i, 180)))
+  }, 60_000)
+
   it('ends a session on a bad frame, with a counted reason, and the node carries on', async () => {
     const before = metricValue(await scrape(bed.nodes[others[0]!]!.api), 'metagrid_session_rejected_total', { reason: 'MALFORMED' }) ?? 0
     const garbage = await rawSession(others[0]!)

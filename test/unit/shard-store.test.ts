@@ -98,6 +98,39 @@ describe('shard store', () => {
     await db.close()
   })
 
+  it('holds commits for a caller\'s window and commits them at once on flushNow, one batch for the window', async () => {
+    const dir = await bed.tempDir()
+    const { db, store } = await open(dir)
+    store.commitWindowMs = 60_000
+    let answered = 0
+    const commits: Array<Promise<void>> = []
+    for (let i = 0; i < 10; i++) {
+      store.doc.setComponent(`e${i}`, 'hp', i)
+      commits.push(store.commit().then(() => { answered++ }))
+    }
+    await new Promise((resolve) => setTimeout(resolve, 50))
+    // batchMs is 2: without the wider window these would long be written.
+    expect(answered).toBe(0)
+    expect(store.logIndex().length).toBe(0)
+    await store.flushNow()
+    await Promise.all(commits)
+    expect(answered).toBe(10)
+    expect(store.logIndex().length).toBe(1)
+    await store.flushNow()
+    expect(store.logIndex().length).toBe(1)
+    store.commitWindowMs = null
+    expect(store.commitWindowMs).toBe(2)
+    store.doc.setComponent('late', 'hp', 1)
+    await store.commit()
+    expect(store.logIndex().length).toBe(2)
+    await store.close()
+    await db.close()
+    const reopened = await open(dir)
+    expect(reopened.store.doc.entity('e9')?.components.hp).toBe(9)
+    await reopened.store.close()
+    await reopened.db.close()
+  })
+
   it('cuts a corrupt log tail instead of trusting it, and keeps what came before', async () => {
     const dir = await bed.tempDir()
     const { db, store } = await open(dir)

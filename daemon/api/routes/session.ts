@@ -14,7 +14,7 @@ export function registerSessionRoute (app: FastifyInstance, sessions: WorldSessi
   void app.register(websocket, { options: { maxPayload: MAX_SESSION_FRAME_BYTES } })
   void app.register(async (scoped) => {
     scoped.get(SESSION_PATH, { websocket: true }, (socket, request) => {
-      sessions.attach(socket, request.socket.remoteAddress ?? '', crossOrigin(request))
+      sessions.attach(socket, request.socket.remoteAddress ?? '', crossOrigin(request), request.socket)
     })
   })
 }
