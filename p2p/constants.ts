@@ -43,7 +43,7 @@ export const LEASE_PROTOCOL = '/metagrid/lease/3.0.0'
 export const KEEPALIVE_PROTOCOL = '/metagrid/keepalive/1.0.0'
 
 /** A host's writes to its voters, answered once durable there (the majority write concern). */
-export const REPLICATE_PROTOCOL = '/metagrid/replicate/1.0.0'
+export const REPLICATE_PROTOCOL = '/metagrid/replicate/2.0.0'
 
 /** The system shard every node replicates: signed descriptors of placement candidates and the lease table. */
 export const PLACEMENT_SHARD = 'sys.placement'
@@ -52,7 +52,7 @@ export const PLACEMENT_SHARD = 'sys.placement'
 export const HANDOFF_PROTOCOL = '/metagrid/handoff/1.0.0'
 
 /** A world client's input, carried by the node its session is on to the host of the input's shard. */
-export const INPUT_PROTOCOL = '/metagrid/input/1.0.0'
+export const INPUT_PROTOCOL = '/metagrid/input/2.0.0'
 
 /** The system shard every node replicates: the provenance records of every asset (append-only). */
 export const PROVENANCE_SHARD = 'sys.provenance'

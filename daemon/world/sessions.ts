@@ -8,7 +8,7 @@
  * one interest manager per layer (p2p/session/interest.ts), and sends each
  * session what changed in its area at the layer's tick rate. Inputs go to the
  * shard's host: applied here when this node holds the shard, otherwise
- * carried over `/metagrid/input/1.0.0` (p2p/session/forward.ts); the host
+ * carried over `/metagrid/input/2.0.0` (p2p/session/forward.ts); the host
  * applies both through inputs.ts. An input is retried while its shard has
  * no reachable host (a failover, a handoff), for `inputTimeoutMs`, and then
  * refused with `retry`.

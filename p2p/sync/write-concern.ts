@@ -4,7 +4,7 @@
  * node. Then a host that dies for good after answering loses nothing: the
  * next host pulls from a majority of the same voters before it serves.
  *
- * `/metagrid/replicate/1.0.0`: the writer sends its signed batches, in order,
+ * `/metagrid/replicate/2.0.0`: the writer sends its signed batches, in order,
  * to each voter; each voter runs every batch through the admission layer
  * (exactly as one arriving by gossip or anti-entropy), checks the fence (a
  * voter that granted a newer epoch of a host shard holds no write of an
@@ -13,16 +13,17 @@
  * batches wait and go together in the next one, so the cost per write falls
  * as the rate rises.
  *
- * Frames are length-prefixed DAG-CBOR: request `{ s: shard, b: [batch, ...] }`
- * (1 to 256 batches, 4 MiB at most), answer `{ n: batches held, c?: code }`.
+ * Requests and answers travel on one long-lived stream per voter
+ * (p2p/channel.ts), whatever the number of shards. Each is DAG-CBOR: request
+ * `{ s: shard, b: [batch, ...] }` (1 to 256 batches, 4 MiB at most), answer
+ * `{ n: batches held, c?: code }`.
  */
 import * as dagCbor from '@ipld/dag-cbor'
 import { peerIdFromString } from '@libp2p/peer-id'
-import { lpStream } from '@libp2p/utils'
 import { REPLICATE_PROTOCOL } from '../constants.ts'
 import { Refusal } from '../admission/refusal.ts'
-import { decodeWire, wireErrorCode, WireProtocolError } from '../wire-error.ts'
-import { requestOnce } from '../request.ts'
+import { decodeWire, WireProtocolError } from '../wire-error.ts'
+import { answerChannel, RequestChannel } from '../channel.ts'
 import type { Admission } from '../admission/admission.ts'
 import type { ShardStore } from '../../storage/shard-store.ts'
 import type { MetagridLibp2p } from '../libp2p.ts'
@@ -32,8 +33,10 @@ import type { P2pMetrics } from '../metrics.ts'
 const MAX_BATCHES_PER_REQUEST = 256
 const MAX_REQUEST_BYTES = 4 * 1024 * 1024
 const REQUEST_TIMEOUT_MS = 5_000
-const HANDLER_TIMEOUT_MS = 10_000
-const MAX_STREAMS = 16
+/** Channel streams per connection: one each way, and one being replaced. */
+const MAX_STREAMS = 4
+/** Requests in flight to one voter (one per shard it votes on), and answered at once for one writer. */
+const MAX_CONCURRENT = 4096
 /** After a failed request, a voter is asked again this much later. */
 const RETRY_MS = 100
 /**
@@ -110,49 +113,45 @@ export interface ReplicateHandlerComponents {
 export async function handleReplicate (components: ReplicateHandlerComponents): Promise<void> {
   const { libp2p, admission, metrics } = components
   const log = components.logger.child({ component: 'metagrid:replicate' })
-  await libp2p.handle(REPLICATE_PROTOCOL, async (stream, connection) => {
-    const signal = AbortSignal.timeout(HANDLER_TIMEOUT_MS)
-    const lp = lpStream(stream, { maxDataLength: MAX_REQUEST_BYTES })
-    const from = connection.remotePeer.toString()
-    try {
-      const request = decodeReplicateRequest((await lp.read({ signal })).subarray())
-      const store = components.storeOf(request.shard)
-      if (store == null) throw new ReplicateError('UNKNOWN_SHARD', `this node does not replicate ${request.shard}`)
-      let held = 0
-      let code: string | null = null
-      for (const bytes of request.batches) {
-        try {
-          const batch = await admission.admitBatch(store, bytes, 'replicate')
-          // Checked after admission's awaits and before the apply, with nothing in between: a grant of a newer epoch cannot slip past it.
-          const fenced = components.fence(request.shard, batch.header.epoch)
-          if (fenced != null) {
-            code = fenced
-            break
-          }
-          if (batch.header.from > store.doc.context.highest(batch.header.origin) + 1) components.onGap(request.shard, from)
-          await store.applyBatch(batch)
-        } catch (err) {
-          if (err instanceof Refusal && err.code === 'DUPLICATE') {
-            held++
-            continue
-          }
-          if (err instanceof Refusal) {
-            code = err.code
-            break
-          }
-          throw err
+  await answerChannel(libp2p, REPLICATE_PROTOCOL, { name: 'replicate', maxFrameBytes: MAX_REQUEST_BYTES, maxConcurrent: MAX_CONCURRENT, maxStreams: MAX_STREAMS, metrics, log }, async (bytes, peer) => {
+    const from = peer.toString()
+    const request = decodeReplicateRequest(bytes)
+    const store = components.storeOf(request.shard)
+    // A shard this voter has not opened yet (its view lags): answered, so the writer asks again; other shards' requests share the stream.
+    if (store == null) return dagCbor.encode({ n: 0, c: 'UNKNOWN_SHARD' })
+    let held = 0
+    let code: string | null = null
+    // Each batch is applied as it is admitted and all become durable in one group commit: awaiting each
+    // batch's own commit made a request of n batches wait n commit windows (a second for 200 of them).
+    const durable: Array<Promise<unknown>> = []
+    for (const bytes of request.batches) {
+      try {
+        const batch = await admission.admitBatch(store, bytes, 'replicate')
+        // Checked after admission's awaits and before the apply, with nothing in between: a grant of a newer epoch cannot slip past it.
+        const fenced = components.fence(request.shard, batch.header.epoch)
+        if (fenced != null) {
+          code = fenced
+          break
         }
-        held++
+        if (batch.header.from > store.doc.context.highest(batch.header.origin) + 1) components.onGap(request.shard, from)
+        // Applied before applyBatch returns its promise; only the commit is waited for, below.
+        durable.push(store.applyBatch(batch))
+      } catch (err) {
+        if (err instanceof Refusal && err.code === 'DUPLICATE') {
+          held++
+          continue
+        }
+        if (err instanceof Refusal) {
+          code = err.code
+          break
+        }
+        throw err
       }
-      await lp.write(dagCbor.encode(code == null ? { n: held } : { n: held, c: code }), { signal })
-      await stream.close({ signal })
-    } catch (err) {
-      const code = wireErrorCode(err)
-      metrics?.wireRejected.inc({ protocol: 'replicate', reason: code })
-      log.debug({ code, peer: from, reason: (err as Error).message }, 'replicate request refused')
-      stream.abort(err as Error)
+      held++
     }
-  }, { maxInboundStreams: MAX_STREAMS, maxOutboundStreams: MAX_STREAMS })
+    await Promise.all(durable)
+    return dagCbor.encode(code == null ? { n: held } : { n: held, c: code })
+  })
 }
 
 // ---------------------------------------------------------------------------
@@ -209,9 +208,11 @@ export class WriteConcern {
   private readonly self: string
   private readonly log: Logger
   private readonly pipes = new Map<string, Pipe>()
+  private readonly channel: RequestChannel
 
   constructor (components: WriteConcernComponents) {
     this.components = components
+    this.channel = new RequestChannel(components.libp2p, { protocol: REPLICATE_PROTOCOL, maxFrameBytes: 1024, maxPending: MAX_CONCURRENT })
     this.self = components.libp2p.peerId.toString()
     this.log = components.logger.child({ component: 'metagrid:write-concern' })
   }
@@ -293,7 +294,7 @@ export class WriteConcern {
     state.inFlight = true
     const request = encodeReplicateRequest(pipe.shard, batch.map((e) => e.bytes))
     const voterState = state
-    void requestOnce(this.components.libp2p, peerIdFromString(voter), REPLICATE_PROTOCOL, request, { timeoutMs: REQUEST_TIMEOUT_MS, maxFrameBytes: 1024 })
+    void this.channel.request(peerIdFromString(voter), request, REQUEST_TIMEOUT_MS)
       .then((answer) => {
         const { held, code } = decodeAnswer(answer, batch.length)
         for (let i = 0; i < held; i++) batch[i]!.holders.add(voter)
@@ -377,6 +378,7 @@ export class WriteConcern {
 
   stop (): void {
     for (const pipe of [...this.pipes.values()]) this.close(pipe, new WriteConcernError('FENCED', 'node stopping'))
+    this.channel.stop()
   }
 }
 

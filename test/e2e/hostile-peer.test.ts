@@ -13,7 +13,7 @@ import { lpStream } from '@libp2p/utils'
 import { multiaddr } from '@multiformats/multiaddr'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { assetCid, signProvenance, signReceipt } from '../../attest/provenance.ts'
-import { HANDOFF_PROTOCOL, KEEPALIVE_PROTOCOL, LEASE_PROTOCOL, LEDGER_PROTOCOL, MEMBERS_TOPIC, PLACEMENT_SHARD, PROBE_PROTOCOL, PROVENANCE_SHARD, REPLICATE_PROTOCOL, SYNC_PROTOCOL, TELEMETRY_TOPIC, shardTopic } from '../../p2p/constants.ts'
+import { HANDOFF_PROTOCOL, INPUT_PROTOCOL, KEEPALIVE_PROTOCOL, LEASE_PROTOCOL, LEDGER_PROTOCOL, MEMBERS_TOPIC, PLACEMENT_SHARD, PROBE_PROTOCOL, PROVENANCE_SHARD, REPLICATE_PROTOCOL, SYNC_PROTOCOL, TELEMETRY_TOPIC, shardTopic } from '../../p2p/constants.ts'
 import { encodeLeaseRecord, signLease } from '../../p2p/placement/lease.ts'
 import { encodeFrame, encodeHello, encodeSnapshotFrame, FRAME_DELTA, FRAME_END } from '../../p2p/sync/anti-entropy.ts'
 import { DotContext } from '../../storage/crdt/dots.ts'
@@ -301,7 +301,7 @@ describe('a hostile peer on a mesh of four daemons', () => {
   it('is refused, counted and survived for garbage on every protocol and every topic', async () => {
     const garbage = randomBytes(300)
     await attack(async () => {
-      for (const protocol of [SYNC_PROTOCOL, LEASE_PROTOCOL, HANDOFF_PROTOCOL, PROBE_PROTOCOL, LEDGER_PROTOCOL, KEEPALIVE_PROTOCOL, REPLICATE_PROTOCOL]) {
+      for (const protocol of [SYNC_PROTOCOL, LEASE_PROTOCOL, HANDOFF_PROTOCOL, PROBE_PROTOCOL, LEDGER_PROTOCOL, KEEPALIVE_PROTOCOL, REPLICATE_PROTOCOL, INPUT_PROTOCOL]) {
         await ask(0, protocol, [garbage])
         await ask(1, protocol, [new Uint8Array(5 * 1024 * 1024)])
       }
@@ -310,7 +310,7 @@ describe('a hostile peer on a mesh of four daemons', () => {
       // Every protocol and topic counted its own refusals (MALFORMED, UNEXPECTED_FRAME, OVERSIZED where a frame is over the
       // protocol's limit): the total moves only once the last of them has.
       const counts = [
-        ...await Promise.all(['sync', 'lease', 'handoff', 'probe', 'ledger', 'keepalive', 'replicate'].map(wireAny)),
+        ...await Promise.all(['sync', 'lease', 'handoff', 'probe', 'ledger', 'keepalive', 'replicate', 'input'].map(wireAny)),
         await gossipRefused('MALFORMED', 'telemetry'), await gossipRefused('TOO_LARGE', 'members'), await gossipRefused('MALFORMED')
       ]
       return counts.every((n) => n > 0) ? counts.reduce((a, b) => a + b, 0) : 0

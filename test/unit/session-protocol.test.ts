@@ -6,7 +6,7 @@ import * as dagCbor from '@ipld/dag-cbor'
 import fc from 'fast-check'
 import { describe, expect, it } from 'vitest'
 import { decodeFrame, encodeFrame, MAX_SESSION_FRAME_BYTES, SessionProtocolError } from '../../client/protocol.ts'
-import { decodeInput, InputProtocolError } from '../../p2p/session/forward.ts'
+import { decodeInput, decodeInputs, InputProtocolError } from '../../p2p/session/forward.ts'
 
 const codeOf = (fn: () => unknown): string => {
   try {
@@ -52,5 +52,19 @@ describe('relayed inputs', () => {
       { shard: 's', op: 'delete', entity: 'a', client: 'c', seq: 1, components: {} }
     ]) expect(codeOf(() => decodeInput(dagCbor.encode(bad))), JSON.stringify(bad)).toBe('MALFORMED')
     expect(codeOf(() => decodeInput(new Uint8Array([0x9f])))).toBe('MALFORMED')
+  })
+
+  it('takes a request of 1 to 256 inputs, in order, and refuses it whole for one bad input or a bad shape', () => {
+    const other = { ...put, entity: 'b', seq: 6 }
+    expect(decodeInputs(dagCbor.encode({ b: [dagCbor.encode(put), dagCbor.encode(other)] }))).toEqual([put, other])
+    for (const bad of [
+      { b: [] },
+      { b: Array.from({ length: 257 }, () => dagCbor.encode(put)) },
+      { b: [dagCbor.encode(put), dagCbor.encode({ ...put, seq: 0 })] },
+      { b: [put] },
+      { b: [dagCbor.encode(put)], extra: 1 },
+      { b: [new Uint8Array(320 * 1024 + 1)] },
+      [dagCbor.encode(put)]
+    ]) expect(codeOf(() => decodeInputs(dagCbor.encode(bad)))).toBe('MALFORMED')
   })
 })

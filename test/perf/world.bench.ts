@@ -1,5 +1,8 @@
 /**
- * World sessions beside Colyseus, in one run on this machine. The server (one
+ * `npm run bench world`: world sessions beside Colyseus, in one run on this
+ * machine, then the same world spread over four nodes with one killed.
+ *
+ * One server, side by side with Colyseus. The server (one
  * metagrid daemon, or one Colyseus 0.18 room) is pinned to core 0; the
  * simulated players, all in this process, to core 1. Players walk at random
  * (30 units/s) in a 1024 × 1024 world and send their position at 20 Hz;
@@ -20,18 +23,30 @@
  * inputs lost or applied twice. One generator core drives every player, so
  * at the larger counts it, not the server, may set the latency: the
  * generator's own CPU is reported too.
+ *
+ * The grid, which Colyseus cannot do: four daemons on loopback (one mesh,
+ * the default 1024 × 1024 world of 16 cells on one host layer with the
+ * default majority write concern), the players spread over the four nodes'
+ * session endpoints, interest radius 100. Once steady, and once with the
+ * node hosting the most shards killed (SIGKILL) halfway: the players it
+ * carried reconnect to the next node of their list, and its shards fail over.
+ * Nothing is pinned: the four daemons and the players share both cores, and
+ * CPU is summed over the daemons.
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
 import { mkdtemp, readFile, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { cleanDaemonEnv, spawnDaemon } from '../../daemon/process.ts'
+import { cleanDaemonEnv, spawnDaemon, type DaemonProcess } from '../../daemon/process.ts'
 import { runPlayers, summarize } from '../../daemon/world/players.ts'
 import { SESSION_PATH } from '../../client/protocol.ts'
-import { cpuSeconds, sleep } from './harness.ts'
+import { cpuSeconds, rssMiB, sleep } from './harness.ts'
 import { freePort } from '../helpers/daemons.ts'
+import type { PlacementView } from '../../p2p/placement/placement.ts'
 
-const COUNTS = (process.env.BENCH_PLAYERS ?? '100,200,400').split(',').map(Number)
+const COUNTS = (process.env.BENCH_PLAYERS ?? '100,200,400').split(',').map(Number).filter((n) => n > 0)
+const GRID_COUNTS = (process.env.BENCH_GRID_PLAYERS ?? '200,400').split(',').map(Number).filter((n) => n > 0)
+const GRID_NODES = 4
 const SECONDS = Number(process.env.BENCH_SESSION_SECONDS ?? 20)
 const RATE_HZ = 20
 const SPEED = 30
@@ -94,6 +109,87 @@ async function metagrid (players: number, world: 'radius100' | 'everyone'): Prom
     }
   } finally {
     await node.stop()
+    await rm(dir, { recursive: true, force: true })
+  }
+}
+
+/** Four daemons in one mesh, every shard leased with its voters: the grid the players spread over. */
+async function startGrid (dir: string): Promise<{ nodes: DaemonProcess[], apis: string[] }> {
+  const env = cleanDaemonEnv(process.env, {
+    METAGRID_PLACEMENT_WORLD_LAYERS: JSON.stringify([{ name: 'physics', consistency: 'host', tickHz: RATE_HZ }]),
+    METAGRID_SESSIONS_MAX_INPUTS_IN_FLIGHT: '256',
+    // Shards stay where they are while the players' load moves (the placement bench measures moves).
+    METAGRID_PLACEMENT_WEIGHTS_HEADROOM: '0',
+    METAGRID_PLACEMENT_WEIGHTS_RELIABILITY: '0'
+  })
+  const args = (i: number, bootstrap: string[]): string[] => ['--data-dir', join(dir, `node-${i}`), '--listen', '/ip4/127.0.0.1/tcp/0', '--api', '127.0.0.1:0', '--log-format', 'json', '--log-level', 'warn', ...bootstrap.flatMap((a) => ['--bootstrap', a])]
+  const seed = spawnDaemon({ args: args(0, []), env })
+  const seedReady = await seed.ready
+  const nodes = [seed]
+  for (let i = 1; i < GRID_NODES; i++) nodes.push(spawnDaemon({ args: args(i, [seedReady.addrs[0]!]), env }))
+  const apis = (await Promise.all(nodes.map(async (node) => node.ready))).map((ready) => ready.api)
+  for (let i = 0; ; i++) {
+    const views = await Promise.all(apis.map(async (api) => (await fetch(`${api}/v1/placement`)).json() as Promise<PlacementView>))
+    const settled = views.every((v) => {
+      const world = v.shards.filter((s) => s.shard.startsWith('physics.'))
+      return world.length === 16 && world.every((s) => s.lease?.valid === true && s.lease.voters.length === 3)
+    })
+    if (settled) break
+    if (i > 600) throw new Error('the grid did not lease every shard with three voters in 120 s')
+    await sleep(200)
+  }
+  return { nodes, apis }
+}
+
+async function grid (players: number, kill: boolean): Promise<Record<string, unknown>> {
+  const dir = await mkdtemp(join(tmpdir(), 'metagrid-bench-grid-'))
+  const { nodes, apis } = await startGrid(dir)
+  try {
+    const urls = apis.map((api) => `${api.replace(/^http/, 'ws')}${SESSION_PATH}`)
+    // The victim: the node holding the most world shards (not the seed, which the others bootstrapped from).
+    const view = await (await fetch(`${apis[0]}/v1/placement`)).json() as PlacementView
+    const peerIds = await Promise.all(apis.map(async (api) => ((await (await fetch(`${api}/v1/status`)).json()) as { peerId: string }).peerId))
+    const held = peerIds.map((id) => view.shards.filter((s) => s.shard.startsWith('physics.') && s.lease?.holder === id).length)
+    const victim = held.slice(1).reduce((best, n, i) => (n > held[best]! ? i + 1 : best), 1)
+    let killedAt: number | null = null
+    const pids = nodes.map((node) => node.pid!)
+    const cpu0 = await Promise.all(pids.map(cpuSeconds))
+    const self0 = process.cpuUsage()
+    const t0 = performance.now()
+    const report = await runPlayers({
+      urls, count: players, rateHz: RATE_HZ, durationMs: SECONDS * 1000, radius: 100, speed: SPEED, layer: 'physics', seed: players, drainMs: 15_000,
+      onProgress: (progress) => {
+        if (kill && killedAt == null && progress.elapsedS >= SECONDS / 2) {
+          killedAt = progress.elapsedS
+          nodes[victim]!.child.kill('SIGKILL')
+        }
+      }
+    })
+    const seconds = (performance.now() - t0) / 1000
+    const alive = pids.filter((_, i) => !kill || i !== victim)
+    const cpu1 = await Promise.all(pids.map(async (pid, i) => (alive.includes(pid) ? cpuSeconds(pid) : cpu0[i]!)))
+    const daemonCpu = cpu1.reduce((sum, c, i) => sum + (c - cpu0[i]!), 0)
+    const self = process.cpuUsage(self0)
+    const rss = await Promise.all(alive.map(rssMiB))
+    return {
+      system: 'metagrid grid',
+      scenario: kill ? `${GRID_NODES} nodes, one killed at ${killedAt ?? '?'} s` : `${GRID_NODES} nodes`,
+      players,
+      ...(kill ? { killed: { node: victim, shardsItHeld: held[victim] } } : {}),
+      inputToVisibleMs: report.inputToVisibleMs,
+      ackMs: report.ackMs,
+      daemonCpuPercentTotal: Number((100 * daemonCpu / seconds).toFixed(1)),
+      daemonCpuPercentPer100Players: Number((100 * daemonCpu / seconds / (players / 100)).toFixed(1)),
+      generatorCpuPercent: Number((100 * (self.user + self.system) / 1e6 / seconds).toFixed(1)),
+      rssMiBPerNode: Math.round(rss.reduce((a, b) => a + b, 0) / rss.length),
+      clientBytesInPerS: report.perClient.bytesInPerS,
+      updatesPerClientPerS: report.perClient.updatesPerS,
+      stalledInputs: report.stalledInputs,
+      reconnects: report.reconnects,
+      inputs: report.inputs
+    }
+  } finally {
+    await Promise.all(nodes.map(async (node) => node.stop('SIGTERM').catch(() => null)))
     await rm(dir, { recursive: true, force: true })
   }
 }
@@ -191,7 +287,19 @@ export async function run (): Promise<Record<string, unknown>> {
       rows.push(row)
     }
   }
+  // The grid shares both cores with its players: nothing pinned.
+  execFileSync('taskset', ['-a', '-cp', '0,1', String(process.pid)], { stdio: 'ignore' })
+  const gridRows: Array<Record<string, unknown>> = []
+  for (const players of GRID_COUNTS) {
+    for (const kill of [false, true]) {
+      const row = await grid(players, kill)
+      process.stderr.write(`  ${JSON.stringify(row)}\n`)
+      gridRows.push(row)
+    }
+  }
   return {
+    gridNote: `${GRID_NODES} daemons on loopback, 16 shards on one host layer (majority write concern), players spread over the nodes, radius 100, ${SECONDS} s at ${RATE_HZ} Hz; nothing pinned; the kill is SIGKILL of the node holding the most shards, halfway; stalledInputs are inputs acknowledged more than 500 ms after they were sent`,
+    grid: gridRows,
     note: `players on random walks (${SPEED} units/s) sending their position at ${RATE_HZ} Hz for ${SECONDS} s; changes sent every 50 ms; server pinned to core 0, every player in one process on core 1; ms from an input to another player seeing it`,
     rows
   }
