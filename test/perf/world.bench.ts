@@ -45,7 +45,7 @@ import { freePort } from '../helpers/daemons.ts'
 import type { PlacementView } from '../../p2p/placement/placement.ts'
 
 const COUNTS = (process.env.BENCH_PLAYERS ?? '100,200,400').split(',').map(Number).filter((n) => n > 0)
-const GRID_COUNTS = (process.env.BENCH_GRID_PLAYERS ?? '200,400').split(',').map(Number).filter((n) => n > 0)
+const GRID_COUNTS = (process.env.BENCH_GRID_PLAYERS ?? '100,200').split(',').map(Number).filter((n) => n > 0)
 const GRID_NODES = 4
 const SECONDS = Number(process.env.BENCH_SESSION_SECONDS ?? 20)
 const RATE_HZ = 20
