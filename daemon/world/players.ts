@@ -2,7 +2,7 @@
  * Simulated players: N headless WorldClients in this process, each on a
  * random walk that crosses shard borders, sending its position at `rateHz`
  * and following the area around it. What `metagrid players` runs and the
- * sessions bench measures.
+ * world bench measures.
  *
  * Each input carries the time it was sent (`t`, this process's clock, shared
  * by every simulated player), so when another player sees it the time from
