@@ -34,7 +34,6 @@ import { registerNodeRoutes } from './api/routes/node.ts'
 import { registerShardRoutes } from './api/routes/shards.ts'
 import { ShardWriter } from './world/writes.ts'
 import { WorldSessions } from './world/sessions.ts'
-import { applyInput } from './world/inputs.ts'
 import { registerSessionRoute } from './api/routes/session.ts'
 import { InputRelay } from '../p2p/session/forward.ts'
 import { notHost, registerPlacementRoutes } from './api/routes/placement.ts'
@@ -364,7 +363,7 @@ export class MetagridNode {
           }
           if (placementPart.world.shard(input.shard) == null || input.shard.startsWith('sys.')) return { ok: false, code: 'UNKNOWN_SHARD', message: `${input.shard} is not a world shard`, retry: false }
           // Through the sessions, which commit it on its layer's clock (they exist whenever the relay does).
-          return this.sessions != null ? this.sessions.applyHere(input) : applyInput(writer, input)
+          return this.sessions!.applyHere(input)
         },
         metrics,
         logger

@@ -599,9 +599,8 @@ export class WorldSessions {
     if (!this.sessions.delete(session.id)) return
     for (const layer of session.layers) this.feeds.get(layer)?.interest.unsubscribe(session.id)
     session.layers.clear()
+    // The layer clocks stop at their next tick once no session is open and no relayed input came for a while.
     this.components.metrics?.sessions.set(this.sessions.size)
-    // A layer whose shards here still take relayed inputs keeps its clock; tick() stops it once they stop.
-    if (this.sessions.size === 0) for (const feed of this.feeds.values()) if (Date.now() - feed.lastInputAt > CLOCK_IDLE_MS) this.ticking(false, feed)
   }
 }
 

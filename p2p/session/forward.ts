@@ -5,10 +5,10 @@
  * DAG-CBOR bytes), answered with their outcomes in order
  * (`{ b: [answer, ...] }`), many requests at once on one long-lived stream
  * per host (p2p/channel.ts). At a few thousand inputs a second, one message
- * per input each way was most of a relaying node's CPU. The node a client is connected to relays; the host
- * applies the input through the same write path as its own clients' inputs
- * (the `apply` it is given), after checking that the relaying peer may relay
- * at all. This file only carries and checks the shape of what it carries:
+ * per input each way was most of a relaying node's CPU. The node a client
+ * is connected to relays; the host applies each input through the same
+ * write path as its own clients' inputs (the `apply` it is given), after
+ * checking that the relaying peer may relay at all. This file only carries and checks the shape of what it carries:
  * every field is bounded before `apply` sees it.
  */
 import * as dagCbor from '@ipld/dag-cbor'

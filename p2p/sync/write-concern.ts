@@ -145,6 +145,8 @@ export async function handleReplicate (components: ReplicateHandlerComponents): 
           code = err.code
           break
         }
+        // The stream ends; the batches already applied still commit, and their outcome is nobody's to wait for.
+        void Promise.allSettled(durable)
         throw err
       }
       held++
