@@ -339,6 +339,17 @@ export class ShardStore extends TypedEventEmitter<ShardEvents> {
     return this.window ?? this.options.batchMs
   }
 
+  /**
+   * Resolves once every record applied so far is durable: at once when nothing
+   * is waiting to be written, else with the flush that writes it. A voter asked
+   * to hold a batch it already applied (from gossip) answers only after this.
+   */
+  async settled (): Promise<void> {
+    this.assertOpen()
+    if (this.pendingWrites.length > 0) return this.whenDurable()
+    if (this.flushing != null) return this.flushing
+  }
+
   /** Commits what is pending now instead of at the end of the window; resolves once it is durable. */
   async flushNow (): Promise<void> {
     if (this.closed || this.waiters.length === 0) return this.flushing

@@ -124,6 +124,8 @@ export async function handleReplicate (components: ReplicateHandlerComponents): 
     // Each batch is applied as it is admitted and all become durable in one group commit: awaiting each
     // batch's own commit made a request of n batches wait n commit windows (a second for 200 of them).
     const durable: Array<Promise<unknown>> = []
+    // A batch already applied (from gossip or anti-entropy) may still wait for its commit: held only once that is durable.
+    let duplicates = false
     for (const bytes of request.batches) {
       try {
         const batch = await admission.admitBatch(store, bytes, 'replicate')
@@ -138,6 +140,7 @@ export async function handleReplicate (components: ReplicateHandlerComponents): 
         durable.push(store.applyBatch(batch))
       } catch (err) {
         if (err instanceof Refusal && err.code === 'DUPLICATE') {
+          duplicates = true
           held++
           continue
         }
@@ -151,7 +154,7 @@ export async function handleReplicate (components: ReplicateHandlerComponents): 
       }
       held++
     }
-    await Promise.all(durable)
+    await Promise.all(duplicates ? [...durable, store.settled()] : durable)
     return dagCbor.encode(code == null ? { n: held } : { n: held, c: code })
   })
 }
