@@ -62,6 +62,8 @@ export interface SessionsComponents {
 /** A reader this far behind is closed rather than buffered for without bound; it can reconnect and get a snapshot. */
 const MAX_BUFFERED_BYTES = 1024 * 1024
 const HELLO_TIMEOUT_MS = 5_000
+/** How long a closed slow reader's socket (and what it has buffered) is kept for it to read its way to the close. */
+const SLOW_READER_GRACE_MS = 5_000
 /** Entities of one session whose shard it remembers, so an entity that crossed a border is deleted where it was. */
 const MAX_OWN_ENTITIES = 64
 /** WebSocket close codes: policy violation (bad frame, refused token), try again later (slow reader, full), going away. */
@@ -481,6 +483,9 @@ export class WorldSessions {
       if (session == null || session.closed) continue
       this.send(session, { v: 1, t: 'tick', layer: feed.layer.name, n: feed.n, u: list.map(toEntry) })
     }
+    let buffered = 0
+    for (const session of this.sessions.values()) buffered += session.socket.bufferedAmount
+    this.components.metrics?.sessionBufferedBytes.set(buffered)
   }
 
   private async input (session: Session, frame: z.infer<typeof inputFrame>): Promise<void> {
@@ -593,6 +598,8 @@ export class WorldSessions {
     }
     this.drop(session)
     session.socket.close(code, reason.slice(0, 120))
+    // A reader that stopped reading may never answer the close: what it left buffered goes after a grace period, not after ws's 30 s.
+    if (reason === 'SLOW_READER') setTimeout(() => { session.socket.terminate() }, SLOW_READER_GRACE_MS).unref()
   }
 
   private drop (session: Session): void {

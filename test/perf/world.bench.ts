@@ -39,7 +39,9 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { cleanDaemonEnv, spawnDaemon, type DaemonProcess } from '../../daemon/process.ts'
 import { runPlayers, summarize } from '../../daemon/world/players.ts'
-import { SESSION_PATH } from '../../client/protocol.ts'
+import WebSocket from 'ws'
+import { decodeFrame, encodeFrame, SESSION_PATH } from '../../client/protocol.ts'
+import { metricValue, scrape } from '../helpers/metrics.ts'
 import { cpuSeconds, rssMiB, sleep } from './harness.ts'
 import { freePort } from '../helpers/daemons.ts'
 import type { PlacementView } from '../../p2p/placement/placement.ts'
@@ -50,6 +52,11 @@ const GRID_NODES = 4
 const SECONDS = Number(process.env.BENCH_SESSION_SECONDS ?? 20)
 const RATE_HZ = 20
 const SPEED = 30
+/** Which parts run (`BENCH_WORLD_PARTS`, comma-separated): one node beside Colyseus, the grid, the slow reader. */
+const PARTS = new Set((process.env.BENCH_WORLD_PARTS ?? 'single,grid,slow').split(','))
+const SLOW_PAUSE_S = Number(process.env.BENCH_SLOW_PAUSE_S ?? 30)
+const SLOW_RADIUS = 300
+const SLOW_PLAYERS = 200
 
 const pin = (pid: number, core: number): void => { execFileSync('taskset', ['-a', '-cp', String(core), String(pid)], { stdio: 'ignore' }) }
 
@@ -72,25 +79,39 @@ async function measure<T> (pid: number, during: () => Promise<T>): Promise<{ res
   }
 }
 
-async function metagrid (players: number, world: 'radius100' | 'everyone'): Promise<Record<string, unknown>> {
+/** One daemon pinned to core 0 with every shard leased: what the single-node scenarios run against. */
+async function oneNode (env: Record<string, string>): Promise<{ node: DaemonProcess, api: string, url: string, stop: () => Promise<void> }> {
   const dir = await mkdtemp(join(tmpdir(), 'metagrid-bench-sessions-'))
-  const env = world === 'everyone'
-    ? { METAGRID_PLACEMENT_WORLD_MAX_X: '400', METAGRID_PLACEMENT_WORLD_MAX_Y: '400', METAGRID_PLACEMENT_WORLD_CELL_SIZE: '200', METAGRID_SESSIONS_MAX_VISIBLE: '1024' }
-    : {}
   const node = spawnDaemon({
     args: ['--data-dir', dir, '--listen', '/ip4/127.0.0.1/tcp/0', '--api', '127.0.0.1:0', '--log-format', 'json', '--log-level', 'warn'],
     env: cleanDaemonEnv(process.env, { METAGRID_PLACEMENT_SETTLE_MS: '500', METAGRID_PLACEMENT_WORLD_LAYERS: JSON.stringify([{ name: 'physics', consistency: 'host', tickHz: RATE_HZ }]), METAGRID_SESSIONS_MAX_INPUTS_IN_FLIGHT: '256', ...env })
   })
+  const stop = async (): Promise<void> => {
+    await node.stop()
+    await rm(dir, { recursive: true, force: true })
+  }
   try {
     const ready = await node.ready
     pin(node.pid!, 0)
-    const url = `${ready.api.replace(/^http/, 'ws')}${SESSION_PATH}`
     // Every shard held before the players come.
     for (let i = 0; i < 100; i++) {
       const view = await (await fetch(`${ready.api}/v1/placement`)).json() as { shards: Array<{ lease: { valid: boolean } | null }> }
       if (view.shards.every((s) => s.lease?.valid === true)) break
       await sleep(200)
     }
+    return { node, api: ready.api, url: `${ready.api.replace(/^http/, 'ws')}${SESSION_PATH}`, stop }
+  } catch (err) {
+    await stop()
+    throw err
+  }
+}
+
+async function metagrid (players: number, world: 'radius100' | 'everyone'): Promise<Record<string, unknown>> {
+  const env: Record<string, string> = world === 'everyone'
+    ? { METAGRID_PLACEMENT_WORLD_MAX_X: '400', METAGRID_PLACEMENT_WORLD_MAX_Y: '400', METAGRID_PLACEMENT_WORLD_CELL_SIZE: '200', METAGRID_SESSIONS_MAX_VISIBLE: '1024' }
+    : {}
+  const { node, url, stop } = await oneNode(env)
+  try {
     const radius = world === 'everyone' ? 400 : 100
     const m = await measure(node.pid!, async () => runPlayers({ urls: [url], count: players, rateHz: RATE_HZ, durationMs: SECONDS * 1000, radius, speed: SPEED, layer: 'physics', seed: players, drainMs: 10_000 }))
     const report = m.result
@@ -108,8 +129,110 @@ async function metagrid (players: number, world: 'radius100' | 'everyone'): Prom
       inputs: report.inputs
     }
   } finally {
-    await node.stop()
-    await rm(dir, { recursive: true, force: true })
+    await stop()
+  }
+}
+
+/**
+ * A client that stops reading for `SLOW_PAUSE_S` while `players` walk around
+ * it (one node, radius 100 for the players; the slow client watches a wider
+ * area, radius `SLOW_RADIUS`, so more is queued for it). Reported: what the
+ * node held for its sessions at most (the buffered-bytes gauge, sampled each
+ * second), the node's RSS before and at the end of the pause, whether the
+ * node closed it (SLOW_READER, once more than 1 MiB is queued for it), the
+ * frames it could not decode after it resumed (must be 0), how stale the
+ * first update it read after resuming was, and how long until what it reads
+ * is current again (an update less than 250 ms old), by reading its backlog
+ * or, if it was closed, by reconnecting to a snapshot.
+ */
+async function slowReader (players: number): Promise<Record<string, unknown>> {
+  const { node, api, url, stop } = await oneNode({})
+  try {
+    const walk = runPlayers({ urls: [url], count: players, rateHz: RATE_HZ, durationMs: (SLOW_PAUSE_S + 15) * 1000, radius: 100, speed: SPEED, layer: 'physics', seed: players, drainMs: 5_000 })
+    await sleep(3_000)
+    const reader = new WebSocket(url)
+    const received: Array<{ at: number, bytes: number, stalenessMs: number | null, corrupt: boolean }> = []
+    reader.on('message', (data: Buffer) => {
+      const at = performance.timeOrigin + performance.now()
+      let stalenessMs: number | null = null
+      let corrupt = false
+      try {
+        const frame = decodeFrame(new Uint8Array(data)) as { t: string, u?: unknown[][] }
+        for (const [, , , , components] of frame.t === 'tick' ? frame.u ?? [] : []) {
+          const t = (components as { t?: unknown } | undefined)?.t
+          if (typeof t === 'number') stalenessMs = Math.max(stalenessMs ?? 0, at - t)
+        }
+      } catch {
+        corrupt = true
+      }
+      received.push({ at, bytes: data.byteLength, stalenessMs, corrupt })
+    })
+    const closed = new Promise<number>((resolve) => reader.on('close', (code) => { resolve(code) }))
+    await new Promise<void>((resolve, reject) => { reader.once('open', () => { resolve() }); reader.once('error', reject) })
+    reader.send(encodeFrame({ v: 1, t: 'hello', client: 'bench-slow-reader' }))
+    reader.send(encodeFrame({ v: 1, t: 'area', x: 512, y: 512, radius: SLOW_RADIUS }))
+    await sleep(2_000)
+    const beforePause = received.length
+    const rssBefore = await rssMiB(node.pid!)
+    const tcp = (reader as unknown as { _socket: import('node:net').Socket })._socket
+    tcp.pause()
+    const pausedAt = performance.timeOrigin + performance.now()
+    let maxBuffered = 0
+    let closedByNodeAfterS: number | null = null
+    for (let s = 0; s < SLOW_PAUSE_S; s++) {
+      await sleep(1_000)
+      const text = await scrape(api)
+      maxBuffered = Math.max(maxBuffered, metricValue(text, 'metagrid_session_buffered_bytes') ?? 0)
+      if (closedByNodeAfterS == null && (metricValue(text, 'metagrid_session_rejected_total', { reason: 'SLOW_READER' }) ?? 0) > 0) closedByNodeAfterS = s + 1
+    }
+    const rssPaused = await rssMiB(node.pid!)
+    const resumedAt = performance.timeOrigin + performance.now()
+    tcp.resume()
+    // What it reads now: the backlog, then (if it was not closed) current ticks.
+    let currentAfterMs: number | null = null
+    let code: number | null = null
+    void closed.then((c) => { code = c })
+    for (let i = 0; i < 200 && currentAfterMs == null && code == null; i++) {
+      await sleep(50)
+      const fresh = received.slice(beforePause).find((r) => r.at >= resumedAt && r.stalenessMs != null && r.stalenessMs < 250)
+      if (fresh != null) currentAfterMs = Math.round(fresh.at - resumedAt)
+    }
+    let reconnectedAfterMs: number | null = null
+    if (code != null || currentAfterMs == null) {
+      // Closed by the node: a new session's first tick is the snapshot.
+      const again = new WebSocket(url)
+      const first = new Promise<void>((resolve) => again.on('message', (data: Buffer) => { if ((decodeFrame(new Uint8Array(data)) as { t: string }).t === 'tick') resolve() }))
+      await new Promise<void>((resolve, reject) => { again.once('open', () => { resolve() }); again.once('error', reject) })
+      again.send(encodeFrame({ v: 1, t: 'hello', client: 'bench-slow-reader' }))
+      again.send(encodeFrame({ v: 1, t: 'area', x: 512, y: 512, radius: SLOW_RADIUS }))
+      await first
+      reconnectedAfterMs = Math.round(performance.timeOrigin + performance.now() - resumedAt)
+      again.close()
+    }
+    reader.close()
+    await walk
+    const after = received.slice(beforePause)
+    const firstAfter = after.find((r) => r.stalenessMs != null)
+    return {
+      system: 'metagrid',
+      scenario: `one client stops reading for ${SLOW_PAUSE_S} s`,
+      players,
+      slowRadius: SLOW_RADIUS,
+      pausedS: Math.round((resumedAt - pausedAt) / 1000),
+      nodeBufferedMaxBytes: maxBuffered,
+      nodeRssMiB: { beforePause: rssBefore, endOfPause: rssPaused },
+      closedByNode: closedByNodeAfterS != null,
+      closedAfterS: closedByNodeAfterS,
+      closeCode: code,
+      backlogFrames: after.length,
+      backlogBytes: after.reduce((sum, r) => sum + r.bytes, 0),
+      corruptFrames: after.filter((r) => r.corrupt).length,
+      firstUpdateAfterResumeStaleMs: firstAfter?.stalenessMs != null ? Math.round(firstAfter.stalenessMs) : null,
+      currentAgainAfterMs: currentAfterMs,
+      reconnectedToSnapshotAfterMs: reconnectedAfterMs
+    }
+  } finally {
+    await stop()
   }
 }
 
@@ -280,7 +403,7 @@ export async function run (): Promise<Record<string, unknown>> {
   // The players run on core 1, the servers on core 0.
   pin(process.pid, 1)
   const rows: Array<Record<string, unknown>> = []
-  for (const players of COUNTS) {
+  for (const players of PARTS.has('single') ? COUNTS : []) {
     for (const scenario of [() => metagrid(players, 'radius100'), () => metagrid(players, 'everyone'), () => colyseus(players)]) {
       const row = await scenario()
       process.stderr.write(`  ${JSON.stringify(row)}\n`)
@@ -290,14 +413,23 @@ export async function run (): Promise<Record<string, unknown>> {
   // The grid shares both cores with its players: nothing pinned.
   execFileSync('taskset', ['-a', '-cp', '0,1', String(process.pid)], { stdio: 'ignore' })
   const gridRows: Array<Record<string, unknown>> = []
-  for (const players of GRID_COUNTS) {
+  for (const players of PARTS.has('grid') ? GRID_COUNTS : []) {
     for (const kill of [false, true]) {
       const row = await grid(players, kill)
       process.stderr.write(`  ${JSON.stringify(row)}\n`)
       gridRows.push(row)
     }
   }
+  const slowRows: Array<Record<string, unknown>> = []
+  if (PARTS.has('slow')) {
+    pin(process.pid, 1)
+    const row = await slowReader(SLOW_PLAYERS)
+    process.stderr.write(`  ${JSON.stringify(row)}\n`)
+    slowRows.push(row)
+  }
   return {
+    slowReaderNote: `one node pinned to core 0, ${SLOW_PLAYERS} players at radius 100 on core 1; one more client watches radius ${SLOW_RADIUS} around the centre and stops reading (its TCP socket paused) for ${SLOW_PAUSE_S} s; the node closes a session more than 1 MiB behind (SLOW_READER) and drops its socket 5 s later; Colyseus was not run with a slow reader here`,
+    slowReader: slowRows,
     gridNote: `${GRID_NODES} daemons on loopback, 16 shards on one host layer (majority write concern), players spread over the nodes, radius 100, ${SECONDS} s at ${RATE_HZ} Hz; nothing pinned; the kill is SIGKILL of the node holding the most shards, halfway; stalledInputs are inputs acknowledged more than 500 ms after they were sent`,
     grid: gridRows,
     note: `players on random walks (${SPEED} units/s) sending their position at ${RATE_HZ} Hz for ${SECONDS} s; changes sent every 50 ms; server pinned to core 0, every player in one process on core 1; ms from an input to another player seeing it`,
