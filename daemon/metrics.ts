@@ -86,6 +86,8 @@ export class Metrics implements P2pMetrics {
   readonly sessionRejected: Counter<'reason'>
   /** Bytes queued for world sessions and not yet taken by the kernel, summed over this node's sessions (sampled each tick). */
   readonly sessionBufferedBytes: Gauge
+  /** Ticks not sent to a reader that was behind (their changes coalesced and sent once it caught up). */
+  readonly sessionHeldTicks: Counter
   /** Session inputs by outcome (applied, duplicate, refused code). */
   readonly sessionInputs: Counter<'result'>
   readonly sessionTickCommits: Counter
@@ -168,6 +170,7 @@ export class Metrics implements P2pMetrics {
     this.sessionFrames = new Counter({ name: 'metagrid_session_frames_total', help: 'World session frames, by direction (in, out) and type', labelNames: ['direction', 'type'], registers })
     this.sessionBytes = new Counter({ name: 'metagrid_session_bytes_total', help: 'World session frame bytes, by direction (in, out)', labelNames: ['direction'], registers })
     this.sessionBufferedBytes = new Gauge({ name: 'metagrid_session_buffered_bytes', help: 'Bytes queued for world sessions and not yet taken by the kernel, summed over this node\'s sessions (sampled each tick; a session more than 1 MiB behind is closed)', registers })
+    this.sessionHeldTicks = new Counter({ name: 'metagrid_session_held_ticks_total', help: 'Ticks held back from a reader with more than 256 KiB queued; their changes are coalesced per entity and sent once it is under 64 KiB', registers })
     this.sessionRejected = new Counter({ name: 'metagrid_session_rejected_total', help: 'World session frames refused or sessions closed by this node, by reason', labelNames: ['reason'], registers })
     this.sessionInputs = new Counter({ name: 'metagrid_session_inputs_total', help: 'World session inputs by outcome (applied, duplicate, or the refusal code)', labelNames: ['result'], registers })
     this.sessionTickCommits = new Counter({ name: 'metagrid_session_tick_commits_total', help: 'Shard commits made on a layer tick, each holding every input the shard took here since the last one', registers })

@@ -23,7 +23,7 @@
 import { randomBytes } from 'node:crypto'
 import { z } from 'zod'
 import { decodeFrame, encodeFrame, entityKey, INPUT_COMPONENT, POSITION_COMPONENT, SessionProtocolError, type AckFrame, type ServerFrame, type TickEntry } from '../../client/protocol.ts'
-import { InterestError, InterestManager, maxRadius, type InterestUpdate } from '../../p2p/session/interest.ts'
+import { coalesceUpdates, InterestError, InterestManager, maxRadius, type InterestUpdate } from '../../p2p/session/interest.ts'
 import { MAX_NAME_LENGTH } from '../../storage/crdt/shard-doc.ts'
 import type { JsonValue } from '../../storage/crdt/codec.ts'
 import { ApiError } from '../api/errors.ts'
@@ -61,6 +61,9 @@ export interface SessionsComponents {
 
 /** A reader this far behind is closed rather than buffered for without bound; it can reconnect and get a snapshot. */
 const MAX_BUFFERED_BYTES = 1024 * 1024
+/** A reader with this much queued gets no more ticks: its changes are held, coalesced, until it is under `RESUME_BYTES`. */
+const HOLD_BYTES = 256 * 1024
+const RESUME_BYTES = 64 * 1024
 const HELLO_TIMEOUT_MS = 5_000
 /** How long a closed slow reader's socket (and what it has buffered) is kept for it to read its way to the close. */
 const SLOW_READER_GRACE_MS = 5_000
@@ -134,6 +137,8 @@ interface Session {
   /** The area being applied (shards opening); a newer one replaces it when it is done. */
   areaBusy: boolean
   nextArea: z.infer<typeof areaFrame> | null
+  /** Per layer, the changes held back while this reader is behind, coalesced to the latest per entity. */
+  held: Map<string, Map<string, InterestUpdate>>
   closed: boolean
 }
 
@@ -248,7 +253,7 @@ export class WorldSessions {
    */
   attach (socket: WebSocket, remote: string, crossOrigin: boolean, transport: Corkable | null = null): void {
     const metrics = this.components.metrics
-    const session: Session = { id: randomBytes(8).toString('hex'), socket, transport, corked: false, remote, client: null, caller: null, hello: null, layers: new Set(), inFlight: 0, own: new Map(), areaBusy: false, nextArea: null, closed: false }
+    const session: Session = { id: randomBytes(8).toString('hex'), socket, transport, corked: false, remote, client: null, caller: null, hello: null, layers: new Set(), inFlight: 0, own: new Map(), areaBusy: false, nextArea: null, held: new Map(), closed: false }
     if (crossOrigin) {
       this.close(session, CLOSE_POLICY, 'CROSS_ORIGIN', 'a page of another origin may not open a session on this node')
       return
@@ -383,6 +388,7 @@ export class WorldSessions {
         for (const [layer, feed] of this.feeds) {
           if (!wanted.has(layer)) {
             if (session.layers.delete(layer)) feed.interest.unsubscribe(session.id)
+            session.held.delete(layer)
             continue
           }
           const circle = { x: area.x, y: area.y, radius: area.radius, layers: null }
@@ -481,11 +487,41 @@ export class WorldSessions {
     for (const [id, list] of updates) {
       const session = this.sessions.get(id)
       if (session == null || session.closed) continue
-      this.send(session, { v: 1, t: 'tick', layer: feed.layer.name, n: feed.n, u: list.map(toEntry) })
+      this.sendTick(session, feed, list)
     }
     let buffered = 0
-    for (const session of this.sessions.values()) buffered += session.socket.bufferedAmount
+    for (const session of this.sessions.values()) {
+      // A reader that was behind gets what it is owed once it has caught up, even on a tick with nothing new for it.
+      if (!session.closed && !updates.has(session.id) && session.held.has(feed.layer.name)) this.sendTick(session, feed, [])
+      buffered += session.socket.bufferedAmount
+    }
     this.components.metrics?.sessionBufferedBytes.set(buffered)
+  }
+
+  /**
+   * One tick's changes to one session. A reader with more than `HOLD_BYTES`
+   * queued is sent nothing more: its changes are held, coalesced to the
+   * latest state per entity, and sent as one tick once its queue is under
+   * `RESUME_BYTES`. What a slow reader costs is then bounded by what it can
+   * see, and what it reads when it comes back is current, not a backlog.
+   */
+  private sendTick (session: Session, feed: LayerFeed, list: InterestUpdate[]): void {
+    const layer = feed.layer.name
+    const held = session.held.get(layer)
+    if (session.socket.bufferedAmount > (held != null ? RESUME_BYTES : HOLD_BYTES)) {
+      const owed = held ?? new Map<string, InterestUpdate>()
+      coalesceUpdates(owed, list)
+      session.held.set(layer, owed)
+      this.components.metrics?.sessionHeldTicks.inc()
+      if (owed.size > this.options.maxVisible * 4) this.close(session, CLOSE_TRY_LATER, 'SLOW_READER', 'the client read too slowly; reconnect for a fresh snapshot')
+      return
+    }
+    if (held != null) {
+      coalesceUpdates(held, list)
+      session.held.delete(layer)
+      list = [...held.values()]
+    }
+    this.send(session, { v: 1, t: 'tick', layer, n: feed.n, u: list.map(toEntry) })
   }
 
   private async input (session: Session, frame: z.infer<typeof inputFrame>): Promise<void> {

@@ -60,6 +60,22 @@ export type InterestUpdate =
   | { kind: 'enter' | 'update', key: string, layer: string, x: number, y: number, components: Record<string, JsonValue> }
   | { kind: 'leave', key: string }
 
+/**
+ * Folds a tick's updates into what a subscriber is still owed (`held`, by
+ * key): the latest state of each entity, or that it left. An entity that
+ * entered and then changed is still an entry; one that entered and left is a
+ * leave the subscriber may not need (a leave of an entity it never had is
+ * nothing to it). Keeps at most one entry per key, so what is owed is bounded
+ * by what the subscriber can see and what left its view, not by how long it
+ * was behind.
+ */
+export function coalesceUpdates (held: Map<string, InterestUpdate>, updates: readonly InterestUpdate[]): void {
+  for (const update of updates) {
+    const previous = held.get(update.key)
+    held.set(update.key, previous?.kind === 'enter' && update.kind === 'update' ? { ...update, kind: 'enter' } : update)
+  }
+}
+
 export interface TickResult {
   updates: Map<string, InterestUpdate[]>
   /** How many (entity, subscriber) pairs and grid entries the tick looked at: the work it did. */

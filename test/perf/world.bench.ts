@@ -138,8 +138,9 @@ async function metagrid (players: number, world: 'radius100' | 'everyone'): Prom
  * it (one node, radius 100 for the players; the slow client watches a wider
  * area, radius `SLOW_RADIUS`, so more is queued for it). Reported: what the
  * node held for its sessions at most (the buffered-bytes gauge, sampled each
- * second), the node's RSS before and at the end of the pause, whether the
- * node closed it (SLOW_READER, once more than 1 MiB is queued for it), the
+ * second), the ticks it held back from the reader (sent later, coalesced, once
+ * it read again), the node's RSS before and at the end of the pause, whether the
+ * node closed it (SLOW_READER, its last resort), the
  * frames it could not decode after it resumed (must be 0), how stale the
  * first update it read after resuming was, and how long until what it reads
  * is current again (an update less than 250 ms old), by reading its backlog
@@ -178,11 +179,13 @@ async function slowReader (players: number): Promise<Record<string, unknown>> {
     tcp.pause()
     const pausedAt = performance.timeOrigin + performance.now()
     let maxBuffered = 0
+    let heldTicks = 0
     let closedByNodeAfterS: number | null = null
     for (let s = 0; s < SLOW_PAUSE_S; s++) {
       await sleep(1_000)
       const text = await scrape(api)
       maxBuffered = Math.max(maxBuffered, metricValue(text, 'metagrid_session_buffered_bytes') ?? 0)
+      heldTicks = metricValue(text, 'metagrid_session_held_ticks_total') ?? 0
       if (closedByNodeAfterS == null && (metricValue(text, 'metagrid_session_rejected_total', { reason: 'SLOW_READER' }) ?? 0) > 0) closedByNodeAfterS = s + 1
     }
     const rssPaused = await rssMiB(node.pid!)
@@ -220,6 +223,7 @@ async function slowReader (players: number): Promise<Record<string, unknown>> {
       slowRadius: SLOW_RADIUS,
       pausedS: Math.round((resumedAt - pausedAt) / 1000),
       nodeBufferedMaxBytes: maxBuffered,
+      ticksHeldBack: heldTicks,
       nodeRssMiB: { beforePause: rssBefore, endOfPause: rssPaused },
       closedByNode: closedByNodeAfterS != null,
       closedAfterS: closedByNodeAfterS,
@@ -428,7 +432,7 @@ export async function run (): Promise<Record<string, unknown>> {
     slowRows.push(row)
   }
   return {
-    slowReaderNote: `one node pinned to core 0, ${SLOW_PLAYERS} players at radius 100 on core 1; one more client watches radius ${SLOW_RADIUS} around the centre and stops reading (its TCP socket paused) for ${SLOW_PAUSE_S} s; the node closes a session more than 1 MiB behind (SLOW_READER) and drops its socket 5 s later; Colyseus was not run with a slow reader here`,
+    slowReaderNote: `one node pinned to core 0, ${SLOW_PLAYERS} players at radius 100 on core 1; one more client watches radius ${SLOW_RADIUS} around the centre and stops reading (its TCP socket paused) for ${SLOW_PAUSE_S} s; past 256 KiB queued the node holds its ticks back, coalesced per entity, and sends them as one tick once it is under 64 KiB (it closes a session only if what it is owed outgrows 4 x maxVisible entities or its queue passes 1 MiB); Colyseus was not run with a slow reader here`,
     slowReader: slowRows,
     gridNote: `${GRID_NODES} daemons on loopback, 16 shards on one host layer (majority write concern), players spread over the nodes, radius 100, ${SECONDS} s at ${RATE_HZ} Hz; nothing pinned; the kill is SIGKILL of the node holding the most shards, halfway; stalledInputs are inputs acknowledged more than 500 ms after they were sent`,
     grid: gridRows,

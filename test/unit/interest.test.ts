@@ -1,6 +1,6 @@
 import fc from 'fast-check'
 import { describe, expect, it } from 'vitest'
-import { InterestError, InterestManager, maxRadius, quantize, type Area, type InterestUpdate } from '../../p2p/session/interest.ts'
+import { coalesceUpdates, InterestError, InterestManager, maxRadius, quantize, type Area, type InterestUpdate } from '../../p2p/session/interest.ts'
 
 const make = (overrides: Partial<ConstructorParameters<typeof InterestManager>[0]> = {}): InterestManager => new InterestManager({
   cellSize: 100, maxEntities: 100_000, subscribers: 1_000, maxVisible: 1_000, quantum: (layer) => (layer === 'physics' ? 0.5 : 0), ...overrides
@@ -145,6 +145,65 @@ describe('interest management', () => {
         }
       }
       check()
+    }), { numRuns: 300 })
+  })
+
+  it('a reader held back for any stretch of ticks, then sent what it is owed coalesced, sees the world as it is (property)', () => {
+    const op = fc.oneof(
+      fc.record({ t: fc.constant('upsert' as const), k: fc.integer({ min: 0, max: 7 }), x: fc.integer({ min: -300, max: 300 }), y: fc.integer({ min: -300, max: 300 }), v: fc.integer({ min: 0, max: 2 }) }),
+      fc.record({ t: fc.constant('remove' as const), k: fc.integer({ min: 0, max: 7 }) }),
+      fc.record({ t: fc.constant('move' as const), x: fc.integer({ min: -300, max: 300 }), y: fc.integer({ min: -300, max: 300 }), r: fc.integer({ min: 0, max: 250 }) }),
+      fc.record({ t: fc.constant('tick' as const), behind: fc.boolean() })
+    )
+    fc.assert(fc.property(fc.array(op, { maxLength: 80 }), (ops) => {
+      const im = make()
+      const world = new Map<string, { x: number, y: number, components: Record<string, number> }>()
+      let a = area(0, 0, 200)
+      im.subscribe('s', a)
+      // What the client holds, applied the way the SDK applies a tick (enter and update alike set, leave deletes).
+      const view = new Map<string, string>()
+      let held: Map<string, InterestUpdate> | null = null
+      const tick = (behind: boolean): void => {
+        const list = im.tick().updates.get('s') ?? []
+        if (behind) {
+          coalesceUpdates(held ??= new Map(), list)
+          // Bounded by what it could see and what left its view: one entry per key.
+          expect(held.size).toBeLessThanOrEqual(8)
+          return
+        }
+        let out = list
+        if (held != null) {
+          coalesceUpdates(held, list)
+          out = [...held.values()]
+          held = null
+        }
+        for (const u of out) {
+          if (u.kind === 'leave') view.delete(u.key)
+          else view.set(u.key, JSON.stringify([u.x, u.y, u.components]))
+        }
+        const expected = new Map<string, string>()
+        for (const [key, e] of world) {
+          if ((e.x - a.x) ** 2 + (e.y - a.y) ** 2 > a.radius ** 2) continue
+          expected.set(key, JSON.stringify([quantize(e.x, 0.5), quantize(e.y, 0.5), e.components]))
+        }
+        expect(Object.fromEntries(view)).toEqual(Object.fromEntries(expected))
+      }
+      for (const o of ops) {
+        if (o.t === 'upsert') {
+          const state = { x: o.x, y: o.y, components: { v: o.v } }
+          world.set(`e${o.k}`, state)
+          im.upsert({ key: `e${o.k}`, layer: 'physics', ...state })
+        } else if (o.t === 'remove') {
+          world.delete(`e${o.k}`)
+          im.remove(`e${o.k}`)
+        } else if (o.t === 'move') {
+          a = area(o.x, o.y, o.r)
+          im.move('s', a)
+        } else {
+          tick(o.behind)
+        }
+      }
+      tick(false)
     }), { numRuns: 300 })
   })
 })
