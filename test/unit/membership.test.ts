@@ -145,6 +145,65 @@ describe('SWIM with Lifeguard (simulated, virtual time)', () => {
     expect(swim.drain().some((action) => action.t === 'probe' && action.peer === 'z')).toBe(true)
   })
 
+  it('keeps a suspicion nobody could check to itself: one lost probe of its only member is not told to the mesh, and the next answer clears it', () => {
+    const swim = new Swim('a', 1, DEFAULTS)
+    swim.claim('b', { kind: 'alive', subject: 'b', incarnation: 1 }, 0)
+    swim.tick(0)
+    const probe = swim.drain().find((a) => a.t === 'probe')!
+    swim.probeDone((probe as { id: number }).id, { ok: false }, 300)
+    expect(swim.get('b')?.state).toBe('suspect')
+    expect(swim.drain().filter((a) => a.t === 'broadcast' && a.claim.kind === 'suspect')).toEqual([])
+    swim.tick(500)
+    const again = swim.drain().find((a) => a.t === 'probe')!
+    expect((again as { peer: string }).peer).toBe('b')
+    swim.probeDone((again as { id: number }).id, { ok: true }, 520)
+    expect(swim.get('b')?.state).toBe('alive')
+  })
+
+  it('announces itself again on a join only in a small mesh: in a large one the newcomer waits for the periodic announcement', () => {
+    const announcementsAfterJoin = (members: number): number => {
+      const swim = new Swim('a', 1, DEFAULTS)
+      for (let i = 0; i < members; i++) swim.claim(`p${i}`, { kind: 'alive', subject: `p${i}`, incarnation: 1 }, 0)
+      // Past the first announcements (1 s, 3 s, 9 s apart), into the 30 s period.
+      for (let t = 0; t <= 40_000; t += 100) swim.tick(t)
+      swim.drain()
+      swim.claim('new', { kind: 'alive', subject: 'new', incarnation: 1 }, 40_000)
+      for (let t = 40_000; t <= 42_000; t += 100) swim.tick(t)
+      return swim.drain().filter((a) => a.t === 'broadcast' && a.claim.kind === 'alive' && a.claim.subject === 'a').length
+    }
+    expect(announcementsAfterJoin(10)).toBe(1)
+    expect(announcementsAfterJoin(100)).toBe(0)
+  })
+
+  it('counts the members that are not dead through deaths and refutations, wakes for the dead only to forget them, and forgets them', () => {
+    const peers = Array.from({ length: 20 }, (_, i) => `p${i}`)
+    const swim = new Swim('a', 1, { ...DEFAULTS, forgetAfterMs: 60_000 })
+    for (const peer of peers) swim.claim(peer, { kind: 'alive', subject: peer, incarnation: 1 }, 0)
+    // α · log10 21 · 500 ms: Lifeguard's N is every member not dead, this node included.
+    const minimum = (n: number): number => 4 * Math.max(1, Math.log10(n)) * 500
+    expect(swim.suspicionTimeout(2)).toBeCloseTo(minimum(21))
+    for (const peer of peers.slice(0, 5)) {
+      swim.claim('p10', { kind: 'suspect', subject: peer, incarnation: 1 }, 1_000)
+      swim.claim('p11', { kind: 'suspect', subject: peer, incarnation: 1 }, 1_000)
+      swim.claim('p12', { kind: 'suspect', subject: peer, incarnation: 1 }, 1_000)
+    }
+    swim.tick(20_000)
+    expect(swim.counts()).toEqual({ alive: 15, suspect: 0, dead: 5 })
+    expect(swim.suspicionTimeout(2)).toBeCloseTo(minimum(16))
+    // One of them was only cut off: it refutes with a higher incarnation and counts again.
+    swim.claim('p0', { kind: 'alive', subject: 'p0', incarnation: 2 }, 21_000)
+    expect(swim.suspicionTimeout(2)).toBeCloseTo(minimum(17))
+    swim.drain()
+    // The next timer is a probe or an announcement, never later than a probe interval away; the dead are forgotten at their time.
+    expect(swim.nextWakeup(21_000)).toBeLessThanOrEqual(21_500)
+    swim.tick(20_000 + 60_000)
+    const forgotten = swim.drain().filter((a) => a.t === 'forgotten').map((a) => (a as { peer: string }).peer).sort()
+    expect(forgotten).toEqual(['p1', 'p2', 'p3', 'p4'])
+    expect(swim.get('p1')).toBeUndefined()
+    expect(swim.counts()).toEqual({ alive: 16, suspect: 0, dead: 0 })
+    expect(swim.suspicionTimeout(2)).toBeCloseTo(minimum(17))
+  })
+
   it('confirmations from other members bring the suspicion timeout down from its maximum to its minimum', () => {
     const swim = new Swim('a', 1, DEFAULTS)
     for (const peer of ['b', 'c', 'd', 'e', 'f']) swim.heard(peer, 0)
