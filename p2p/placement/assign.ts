@@ -112,7 +112,7 @@ export function rendezvous (shardHash: number, peerHash: number): number {
 const quantize = (value: number, steps: number): number => Math.floor(Math.min(1, Math.max(0, value)) * steps + 1e-9) / steps
 
 /** Mean of the coordinates of a region's nodes: where that region's players are, as the network sees it. */
-function centroid (coordinates: Coordinate[]): Coordinate | null {
+export function centroid (coordinates: Coordinate[]): Coordinate | null {
   if (coordinates.length === 0) return null
   const dims = coordinates[0]!.vec.length
   const vec = new Array<number>(dims).fill(0)

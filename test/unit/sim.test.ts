@@ -1,0 +1,46 @@
+import { describe, expect, it } from 'vitest'
+import { Simulator } from '../sim/simulator.ts'
+import { figures } from '../sim/report.ts'
+
+/** A small grid: the same code as `npm run sim`, at a size a unit test can afford. */
+function run (options: ConstructorParameters<typeof Simulator>[0]): Simulator {
+  const sim = new Simulator(options)
+  sim.run()
+  return sim
+}
+
+describe('the simulator (real SWIM, Vivaldi and placement cores on a virtual clock)', () => {
+  it('is deterministic: one seed, one run', () => {
+    const a = run({ nodes: 240, regions: 4, seed: 7, durationS: 90 })
+    const b = run({ nodes: 240, regions: 4, seed: 7, durationS: 90 })
+    const c = run({ nodes: 240, regions: 4, seed: 8, durationS: 90 })
+    expect(b.events).toBe(a.events)
+    expect(b.recorder.samples).toEqual(a.recorder.samples)
+    expect(b.recorder.failoverMs).toEqual(a.recorder.failoverMs)
+    expect(c.recorder.samples).not.toEqual(a.recorder.samples)
+  })
+
+  it('fails a killed host\'s shards over within seconds, declares no live node dead, and every region comes to agree on its members', () => {
+    const sim = run({ nodes: 320, regions: 4, seed: 1, durationS: 120, killTrials: 10 })
+    const result = figures(sim, 0, null)
+    expect(result.failoverMs?.n).toBeGreaterThanOrEqual(8)
+    // Suspicion at the next host (a probe cycle, or a peer's claim) and the voters' 1 s timeout: a few seconds, not tens.
+    expect(result.failoverMs!.p50).toBeLessThan(5_000)
+    expect(result.failoverMs!.p50).toBeGreaterThanOrEqual(1_000 - 250)
+    expect(result.falseDeaths).toBe(0)
+    expect(result.agreementMs?.n).toBeGreaterThan(0)
+    expect(result.agreementMs!.p50).toBeLessThan(15_000)
+    // The lost region's shards are hosted next door once its summary is stale.
+    expect(result.regionLostRehomeS).not.toBeNull()
+    expect(result.samples.at(-1)!.homeShare).toBeCloseTo(0.75, 2)
+  })
+
+  it('costs a node what its region costs: fewer members, fewer bytes, than the same nodes in one flat region', () => {
+    const flat = figures(run({ nodes: 400, regions: 1, seed: 2, durationS: 60, faults: false }), 0, null)
+    const regional = figures(run({ nodes: 400, regions: 4, seed: 2, durationS: 60, faults: false }), 0, null)
+    expect(flat.perNode.membersTracked).toBeGreaterThan(390)
+    expect(regional.perNode.membersTracked).toBeLessThan(110)
+    expect(regional.perNode.bytesOutPerS!.p50 * 3).toBeLessThan(flat.perNode.bytesOutPerS!.p50)
+    expect(regional.flatPlacementMs).toBeGreaterThan(0)
+  })
+})
