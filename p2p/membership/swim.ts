@@ -289,10 +289,7 @@ export class Swim {
     const helpers = shuffle(this.peers('alive').filter((p) => p !== probe.peer), this.random).slice(0, this.options.indirect)
     if (helpers.length === 0) {
       this.probes.delete(id)
-      // One lost probe, checked by nobody, is too little to tell the mesh: a node that had just joined and knew one
-      // member told 249 others it was suspect (the simulator, at 10,000 nodes). It is suspected here only; being
-      // the only member this node can probe, it is probed again next interval, and an answer clears it.
-      if (member.state !== 'dead') this.suspect(member, this.self, now, 'direct probe failed and no other member can be asked')
+      this.suspectOwn(member, now, 'direct probe failed and no other member can be asked')
       return
     }
     probe.phase = 'indirect'
