@@ -74,9 +74,6 @@ export const defaultSimOptions: SimOptions = {
 const PROBE_BYTES = 120
 /** An indirect probe request or answer: the target's peer id and a timeout. */
 const INDIRECT_BYTES = 160
-/** A voter's liveness timeout (placement.liveness defaults): a silent holder's shards are granted on after it. */
-const LIVENESS_TIMEOUT_MS = 1_000
-const KEEPALIVE_MS = 250
 /** Lifeguard's and the lease's timers run on a loaded machine: answering a probe takes this long at the far end. */
 const PROCESSING_MS = 0.5
 /** Connections a node keeps to other regions' representatives (libp2p closes idle ones; its WAN probes renew a few). */
@@ -123,11 +120,9 @@ export interface SimRegion {
   meanOneWayMs: number
   /** Per-member gossip bytes (each way) accumulated so far in this region's topics. */
   gossipBytesPerMember: number
-  messagesPublished: number
   /** The region's side of a partition: cut from every other region while true. */
   cut: boolean
   lost: boolean
-  flash: boolean
 }
 
 export class Simulator {
@@ -162,7 +157,7 @@ export class Simulator {
       const index = this.regions.length
       const shards: ShardInfo[] = []
       for (let k = 0; k < this.options.shardsPerRegion; k++) shards.push({ id: `physics.${index}.${k}`, layer: PHYSICS, cx: index, cy: k, homeRegion: site.code })
-      this.regions.push({ index, site, members: new Set(), shards, meanOneWayMs: 0, gossipBytesPerMember: 0, messagesPublished: 0, cut: false, lost: false, flash: false })
+      this.regions.push({ index, site, members: new Set(), shards, meanOneWayMs: 0, gossipBytesPerMember: 0, cut: false, lost: false })
     }
     for (let i = 0; i < this.options.nodes; i++) {
       const region = this.regions[i % this.regions.length]!
@@ -381,7 +376,6 @@ export class Simulator {
   private gossip (region: SimRegion, wireBytes: number, kind: 'loadReports' | 'claims'): void {
     const bytes = eagerBytesPerMember(region.members.size, wireBytes)
     region.gossipBytesPerMember += bytes
-    region.messagesPublished++
     this.sentByKind[kind] += bytes * region.members.size
   }
 
@@ -551,12 +545,10 @@ export class Simulator {
     })
     this.queue.at(end * 0.8, () => {
       this.recorder.mark('flash-crowd', crowd)
-      crowd.flash = true
       for (const m of crowd.members) this.nodes[m]!.load = 0.95
     })
     this.queue.at(end * 0.9, () => {
       this.recorder.mark('flash-crowd-over', crowd)
-      crowd.flash = false
       for (const m of crowd.members) this.nodes[m]!.load = 0.2 + this.random() * 0.3
     })
   }
