@@ -252,6 +252,7 @@ export class MetagridNode {
         tickMs: placement.tickMs,
         minGain: placement.minGain,
         minHoldMs: placement.minHoldMs,
+        regions: placement.regions,
         settleMs: placement.settleMs,
         joining: config.bootstrap.length > 0
       })

@@ -58,9 +58,16 @@ export async function placementCommand (args: string[], io: CommandIO): Promise<
   io.stdout.write(renderTable(
     ['shard', 'layer', 'home', 'host', 'replicas', 'lease holder', 'epoch', 'expires'],
     view.shards.map((s) => [
-      s.shard, `${s.layer}/${s.consistency}`, s.homeRegion ?? '-', short(s.host) + (s.overflow ? '*' : ''), s.replicas.map(short).join(' '),
+      s.shard, `${s.layer}/${s.consistency}`, homeColumn(s), short(s.host) + (s.overflow ? '*' : ''), s.replicas.map(short).join(' '),
       short(s.lease?.holder), String(s.lease?.epoch ?? '-'), s.lease == null ? '-' : s.lease.valid ? inMs(s.lease.expiresAt) : 'lapsed'
     ])
   ))
   return ExitCode.OK
+}
+
+/** The home region, and the regions it overflows into when its scope is wider ("US→US+EU"). */
+function homeColumn (s: PlacementView['shards'][number]): string {
+  if (s.homeRegion == null) return '-'
+  const scope = s.scope?.join('+') ?? '*'
+  return scope === s.homeRegion ? s.homeRegion : `${s.homeRegion}→${scope}`
 }

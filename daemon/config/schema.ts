@@ -154,7 +154,14 @@ const placementSchema = z.strictObject({
   /** A host keeps a shard at least this long before a planned move (hysteresis). */
   minHoldMs: z.int().min(0).max(86_400_000).default(60_000),
   /** After start, shards with no lease are left alone this long so the lease table arrives from peers first. */
-  settleMs: z.int().min(0).max(600_000).default(5_000)
+  settleMs: z.int().min(0).max(600_000).default(5_000),
+  /** Shards whose world area names a home region are placed among that region's nodes (see the README's *Regions*). */
+  regions: z.strictObject({
+    /** A home region whose nodes' mean CPU load is above this takes help from the nearest regions (1: never for load). */
+    maxLoad: z.number().min(0).max(1).default(0.85),
+    /** Regions a shard is placed over at most, its home included. */
+    maxRegions: z.int().min(1).max(64).default(4)
+  }).prefault({})
 }).refine((p) => p.marginMs * 3 < p.leaseMs, { error: 'placement.marginMs must be under a third of placement.leaseMs' })
 
 const sessionsSchema = z.strictObject({

@@ -17,20 +17,34 @@
  *
  * Placement of a shard happens among its home region's candidates; when that
  * region is too small, overloaded or gone, the nearest regions are added
- * (`placementScope`). A shard with no home region (system shards) gets one by
- * rendezvous hashing of its id over the regions that have members, so they
- * spread rather than pile onto one region.
+ * (`placementScope`, `assignInRegions`). A shard with no home region (a cell
+ * the world names no region for, the system shards) is placed over every
+ * region, as in a flat grid.
  *
  * Pure functions: the daemon and the simulator (test/sim) call the same code.
  */
 import { estimateRtt, type Coordinate } from '../coordinates/vivaldi.ts'
-import { centroid, hash32, rendezvous } from '../placement/assign.ts'
+import { assign, centroid, hash32, rendezvous, type Assignment, type Candidate, type PlacementParams } from '../placement/assign.ts'
+import type { Policy } from '../placement/policy.ts'
+import type { ShardInfo } from '../placement/world.ts'
 
 /** The region of a node that was configured with none. */
 export const UNREGIONED = '-'
 
 export function regionKey (region: string | null | undefined): string {
   return region == null || region === '' ? UNREGIONED : region
+}
+
+/**
+ * The region a node counts in, given the regions the world names as homes:
+ * its configured code, or the home region that code lies in (a node in
+ * `DE-BY` counts in `DE` when the world names `DE` and not `DE-BY`).
+ */
+export function regionOf (region: string | null | undefined, homes: ReadonlySet<string>): string {
+  const key = regionKey(region)
+  if (homes.has(key)) return key
+  const dash = key.indexOf('-')
+  return dash > 0 && homes.has(key.slice(0, dash)) ? key.slice(0, dash) : key
 }
 
 /** What one region tells the others about itself. */
@@ -123,23 +137,6 @@ export function regionAnchor (summary: RegionSummary): Coordinate | null {
   return centroid(summary.representatives.map((r) => r.coordinate).filter((c): c is Coordinate => c != null))
 }
 
-/** The home of a shard that the world gives none: rendezvous over the regions that can host, the same on every node that agrees on the summaries. */
-export function homeOf (shardId: string, homeRegion: string | null, summaries: ReadonlyMap<string, RegionSummary>, now: number, options: ScopeOptions = defaultScopeOptions): string | null {
-  if (homeRegion != null) return homeRegion
-  const h = hash32(shardId)
-  let best: string | null = null
-  let bestWeight = -1
-  for (const [region, summary] of summaries) {
-    if (!usable(summary, now, options)) continue
-    const w = rendezvous(h, hash32(region))
-    if (w > bestWeight || (w === bestWeight && best != null && region < best)) {
-      best = region
-      bestWeight = w
-    }
-  }
-  return best
-}
-
 /**
  * The regions whose members are candidates for a shard homed in `home`,
  * home first. The home region alone while it has `need` members and its
@@ -160,7 +157,8 @@ export function placementScope (home: string, summaries: ReadonlyMap<string, Reg
   for (const [region, summary] of summaries) {
     if (region === home || !usable(summary, now, options)) continue
     const there = regionAnchor(summary)
-    const rtt = anchor == null || there == null ? Number.POSITIVE_INFINITY : estimateRtt(anchor, there)
+    // 10 ms steps, as placement's closeness term: two nodes whose coordinates differ by a millisecond order regions alike.
+    const rtt = anchor == null || there == null ? Number.POSITIVE_INFINITY : Math.round(estimateRtt(anchor, there) / 10) * 10
     others.push({ region, rtt, summary })
   }
   others.sort((a, b) => a.rtt - b.rtt || (a.region < b.region ? -1 : 1))
@@ -183,4 +181,76 @@ export function placementScope (home: string, summaries: ReadonlyMap<string, Reg
     add(other.region, other.summary)
   }
   return scope
+}
+
+export interface RegionalAssignment {
+  assignment: Map<string, Assignment>
+  /** Each home region's placement scope (home first); shards with no home region are placed over every candidate. */
+  scopes: Map<string, string[]>
+}
+
+/**
+ * Places shards region by region, on one node's view of every candidate (the
+ * daemon, which still knows every node): summaries are made from the
+ * candidates themselves (their region, cores are not known so each counts
+ * one, load from their headroom in placement's quarter steps), each home
+ * region's shards go to `assign` over the candidates of its
+ * `placementScope`, and shards with no home region over every candidate.
+ * A shard its scope leaves with no eligible candidate (a policy that keeps
+ * it elsewhere) is placed over every candidate instead: the policy is a
+ * rule, the region a preference.
+ *
+ * Every node with the same candidates gets the same answer. The load bound
+ * of `assign` holds within each home region's group; a node a full region
+ * overflows onto can host that group's shards beside its own.
+ */
+export function assignInRegions (shards: readonly ShardInfo[], candidates: readonly Candidate[], policy: Policy, params: PlacementParams, options: Partial<ScopeOptions> = {}): RegionalAssignment {
+  const scopeOptions: ScopeOptions = { ...defaultScopeOptions, need: params.replicas + 1, ...options }
+  const homes = new Set<string>()
+  for (const shard of shards) if (shard.homeRegion != null) homes.add(shard.homeRegion)
+  const scopes = new Map<string, string[]>()
+  if (homes.size === 0) return { assignment: assign(shards, candidates, policy, params), scopes }
+
+  const byRegion = new Map<string, Candidate[]>()
+  for (const c of candidates) {
+    const region = regionOf(c.region, homes)
+    const list = byRegion.get(region) ?? []
+    list.push(c)
+    byRegion.set(region, list)
+  }
+  const summaries = new Map<string, RegionSummary>()
+  for (const [region, members] of byRegion) {
+    summaries.set(region, summarize(region, members.map((c) => ({
+      peerId: c.peerId,
+      cores: 1,
+      load: 1 - Math.floor(Math.min(1, Math.max(0, c.headroom)) * 4 + 1e-9) / 4,
+      coordinate: c.coordinate
+    })), 0))
+  }
+
+  const groups = new Map<string | null, ShardInfo[]>()
+  for (const shard of shards) {
+    const list = groups.get(shard.homeRegion) ?? []
+    list.push(shard)
+    groups.set(shard.homeRegion, list)
+  }
+  const assignment = new Map<string, Assignment>()
+  const homeless: ShardInfo[] = []
+  for (const [home, group] of groups) {
+    if (home == null) {
+      homeless.push(...group)
+      continue
+    }
+    const scope = placementScope(home, summaries, 0, scopeOptions)
+    scopes.set(home, scope)
+    const inScope = scope.flatMap((region) => byRegion.get(region) ?? [])
+    const placed = assign(group, inScope, policy, params)
+    for (const shard of group) {
+      const a = placed.get(shard.id)!
+      if (a.host == null) homeless.push(shard)
+      else assignment.set(shard.id, a)
+    }
+  }
+  if (homeless.length > 0) for (const [shard, a] of assign(homeless, candidates, policy, params)) assignment.set(shard, a)
+  return { assignment, scopes }
 }

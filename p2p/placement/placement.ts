@@ -21,7 +21,8 @@ import { mayHost } from '../../attest/attestation.ts'
 import { signStatement } from '../../attest/statement.ts'
 import { tagsOf } from '../catalog/tags.ts'
 import { LEDGER_SHARD, PLACEMENT_SHARD } from '../constants.ts'
-import { assign, explain, type Assignment, type Candidate, type Explained, type PlacementParams } from './assign.ts'
+import { explain, type Assignment, type Candidate, type Explained, type PlacementParams } from './assign.ts'
+import { assignInRegions, regionOf, type ScopeOptions } from '../hierarchy/regions.ts'
 import { shouldMove } from './hysteresis.ts'
 import { LeaseHistory } from './lease-history.ts'
 import { LeaseKeeper } from './lease-keeper.ts'
@@ -60,6 +61,8 @@ export interface PlacementOptions {
   minGain: number
   /** A host keeps a shard at least this long before a planned move (hysteresis). */
   minHoldMs: number
+  /** Overflow out of a home region (regions.ts): the mean load above which it takes help, and how many regions a shard spans at most. */
+  regions: Pick<ScopeOptions, 'maxLoad' | 'maxRegions'>
   /** After start, shards with no lease are left alone this long, so the lease table can arrive from peers first. */
   settleMs: number
   /**
@@ -104,6 +107,8 @@ export interface ShardPlacement {
   layer: string
   consistency: 'host' | 'crdt'
   homeRegion: string | null
+  /** The regions the shard is placed over (home first; more when home is short, overloaded or gone); null for a shard with no home region, placed over every region. */
+  scope: string[] | null
   host: string | null
   replicas: string[]
   overflow: boolean
@@ -178,6 +183,14 @@ export class Placement {
   /** Every node in the table as the policy sees it, alive or not: what lease eligibility is judged by. */
   private subjects = new Map<string, PolicySubject>()
   private assignment = new Map<string, Assignment>()
+  /** Each home region's placement scope, from the last computation (regions.ts). */
+  private scopes = new Map<string, string[]>()
+  /** Each candidate's region as placement counts it (regionOf), from the last computation. */
+  private regionByPeer = new Map<string, string>()
+  /** Shards per home region. */
+  private readonly groupSizes = new Map<string, number>()
+  /** The regions the world names as homes: a node in a subdivision of one counts in it. */
+  private readonly homes: Set<string>
   private computedAt = 0
   private fingerprint = ''
   private roundHook: ((held: string[]) => Promise<void>) | undefined
@@ -188,6 +201,8 @@ export class Placement {
     this.components = components
     this.options = options
     this.world = new World(options.world, [LEDGER_SHARD])
+    this.homes = new Set(options.world.regions.map((r) => r.region))
+    for (const shard of this.world.all()) if (shard.homeRegion != null) this.groupSizes.set(shard.homeRegion, (this.groupSizes.get(shard.homeRegion) ?? 0) + 1)
     this.log = components.logger.child({ component: 'metagrid:placement' })
     this.self = components.libp2p.peerId.toString()
     this.table = new PlacementTable({
@@ -396,12 +411,16 @@ export class Placement {
 
   /**
    * Whether a lease's holder is gone as far as this node can tell: a voter
-   * of the lease knows from the holder's keepalives; any other node goes by
-   * membership. Either way the voters decide; this only says when to ask.
+   * of the lease knows from the holder's keepalives, or from membership
+   * holding it dead; any other node goes by membership. Either way the
+   * voters decide; this only says when to ask.
    */
   private holderDown (lease: VerifiedLease): boolean {
-    if (lease.voters.includes(this.self) || lease.prev.includes(this.self)) return this.keeper.leaseDown(lease)
     const state = this.components.mesh.membership.get(lease.holder)?.state
+    // A voter whose grant was not among the quorum the lease was valid with promised the holder nothing and hears no
+    // keepalives from it: for it, as for any node, a holder membership holds dead is down. (The two-region e2e saw
+    // it: the desired host of a lost region's shard was such a voter and never claimed the shard.)
+    if (lease.voters.includes(this.self) || lease.prev.includes(this.self)) return this.keeper.leaseDown(lease) || state === 'dead'
     return state === 'suspect' || state === 'dead'
   }
 
@@ -568,7 +587,10 @@ export class Placement {
     if (fingerprint === this.fingerprint) return
     this.fingerprint = fingerprint
     const started = process.hrtime.bigint()
-    this.assignment = assign(this.world.all(), this.candidates, this.components.policy, this.options.params)
+    const placed = assignInRegions(this.world.all(), this.candidates, this.components.policy, this.options.params, this.options.regions)
+    this.assignment = placed.assignment
+    this.scopes = placed.scopes
+    this.regionByPeer = new Map(this.candidates.map((c) => [c.peerId, regionOf(c.region, this.homes)]))
     this.components.metrics?.placementCompute.observe(Number(process.hrtime.bigint() - started) / 1e9)
     this.computedAt = Date.now()
     this.signedView = undefined
@@ -578,13 +600,12 @@ export class Placement {
   private moveWorthIt (shard: ShardInfo, terms: LeaseTerms, target: string, now: number): boolean {
     if (!this.keeper.mayHandOff(shard.id, now) || !this.candidates.some((c) => c.peerId === target)) return false
     if (now - terms.startedAt < this.options.minHoldMs) return false
-    const rows = explain(shard, this.candidates, this.components.policy, this.options.params)
-    const cap = Math.ceil((1 + this.options.params.epsilon) * this.world.all().length / Math.max(1, this.candidates.length))
+    const rows = this.explainRows(shard)
     return shouldMove({
       host: rows.find((r) => r.peerId === this.self),
       target: rows.find((r) => r.peerId === target),
       heldMs: now - terms.startedAt,
-      overloaded: this.heldShards().length > cap,
+      overloaded: this.overloaded(shard),
       minGain: this.options.minGain,
       minHoldMs: this.options.minHoldMs
     })
@@ -715,10 +736,55 @@ export class Placement {
     return {
       shard: info,
       rules: this.components.policy.rulesFor(info).map((r) => r.name),
-      candidates: explain(info, this.candidates, this.components.policy, this.options.params),
+      candidates: this.explainRows(info),
       assignment: this.assignment.get(shard) ?? null,
       lease: this.leaseView(shard, Date.now())
     }
+  }
+
+  /**
+   * Whether this node holds more of the shard's group than the load bound
+   * lets `assign` give one node: the group is the shards of its home region
+   * over the candidates of its scope, or every shard over every candidate.
+   */
+  private overloaded (info: ShardInfo): boolean {
+    const held = this.heldShards()
+    const epsilon = this.options.params.epsilon
+    const scope = this.scopeOf(info)
+    if (scope == null) return held.length > Math.ceil((1 + epsilon) * this.world.all().length / Math.max(1, this.candidates.length))
+    const home = info.homeRegion!
+    let members = 0
+    for (const region of this.regionByPeer.values()) if (scope.includes(region)) members++
+    const cap = Math.ceil((1 + epsilon) * (this.groupSizes.get(home) ?? 0) / Math.max(1, members))
+    return held.filter((id) => this.world.shard(id)?.homeRegion === home).length > cap
+  }
+
+  /** The shard's placement scope, or null when it is placed over every candidate (no home region, or a policy its scope cannot meet). */
+  private scopeOf (info: ShardInfo): string[] | null {
+    if (info.homeRegion == null) return null
+    const scope = this.scopes.get(info.homeRegion)
+    const host = this.assignment.get(info.id)?.host
+    if (scope == null || host == null) return null
+    const hostRegion = this.regionByPeer.get(host)
+    return hostRegion != null && scope.includes(hostRegion) ? scope : null
+  }
+
+  /**
+   * Every candidate's row for a shard, as the assignment ranked it: the
+   * candidates of its region scope, then the others refused as
+   * `outside-region-scope:<regions>` (so a host left outside, its home back
+   * to strength, hands the shard home).
+   */
+  private explainRows (info: ShardInfo): Explained[] {
+    const scope = this.scopeOf(info)
+    if (scope == null) return explain(info, this.candidates, this.components.policy, this.options.params)
+    const inside = this.candidates.filter((c) => scope.includes(regionOf(c.region, this.homes)))
+    const outside = this.candidates.filter((c) => !scope.includes(regionOf(c.region, this.homes)))
+    const refusal = `outside-region-scope:${scope.join('+')}`
+    return [
+      ...explain(info, inside, this.components.policy, this.options.params),
+      ...explain(info, outside, this.components.policy, this.options.params).map((row) => ({ ...row, refusal, rank: null }))
+    ]
   }
 
   private leaseView (shard: string, now: number): LeaseView | null {
@@ -730,7 +796,7 @@ export class Placement {
     const now = Date.now()
     const shards = this.world.all().map((info): ShardPlacement => {
       const a = this.assignment.get(info.id)
-      return { shard: info.id, layer: info.layer.name, consistency: info.layer.consistency, homeRegion: info.homeRegion, host: a?.host ?? null, replicas: a?.replicas ?? [], overflow: a?.overflow ?? false, lease: this.leaseView(info.id, now) }
+      return { shard: info.id, layer: info.layer.name, consistency: info.layer.consistency, homeRegion: info.homeRegion, scope: this.scopeOf(info), host: a?.host ?? null, replicas: a?.replicas ?? [], overflow: a?.overflow ?? false, lease: this.leaseView(info.id, now) }
     })
     if (this.signedView == null) {
       const canonical = JSON.stringify(shards.map((s) => [s.shard, s.host, s.replicas]))
