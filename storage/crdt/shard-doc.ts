@@ -427,6 +427,11 @@ export class ShardDoc {
     return { entity, components }
   }
 
+  /** The write a component holds now (its value, its timestamp and dot), tombstones included. */
+  entry (entity: string, component: string): Readonly<ComponentEntry> | undefined {
+    return this.components.get(entity)?.get(component)
+  }
+
   entityIds (): string[] {
     return [...this.members.keys()].filter((entity) => this.hasEntity(entity)).sort()
   }

@@ -120,8 +120,11 @@ export async function run (): Promise<Record<string, unknown>> {
   const hierarchy10k = await simulate(['--nodes', '10000', '--regions', '40', '--seed', '1', '--duration', '600'])
   const flat1k = await simulate(['--nodes', '1000', '--regions', '1', '--seed', '1', '--duration', '600'])
   const hierarchy1k = await simulate(['--nodes', '1000', '--regions', '4', '--seed', '1', '--duration', '600'])
+  // The small end of the growth table: 100 nodes flat, and in 4 regions of 25.
+  const flat100 = await simulate(['--nodes', '100', '--regions', '1', '--seed', '1', '--duration', '600'])
+  const hierarchy100 = await simulate(['--nodes', '100', '--regions', '4', '--seed', '1', '--duration', '600'])
   // The two settings the runs above point at: load reports every 30 s (placement moves shards only after minutes of
   // hysteresis) and IHAVE to Dlazy peers only; not the daemon's defaults yet.
   const hierarchy10kQuiet = await simulate(['--nodes', '10000', '--regions', '40', '--seed', '1', '--duration', '600', '--telemetry-ms', '30000', '--gossip-factor', '0'])
-  return { calibration, hierarchy10k, flat1k, hierarchy1k, hierarchy10kQuiet }
+  return { calibration, hierarchy10k, flat1k, hierarchy1k, flat100, hierarchy100, hierarchy10kQuiet }
 }

@@ -6,6 +6,7 @@
 import { hash32 } from '../../p2p/placement/assign.ts'
 import { pick, type Random } from './rng.ts'
 import type { SimNode, SimRegion, Simulator } from './simulator.ts'
+import type { CrdtModel } from './crdt-model.ts'
 
 /** The voters' liveness timeout and keepalive period (placement.liveness defaults). */
 const LIVENESS_TIMEOUT_MS = 1_000
@@ -58,6 +59,9 @@ export class Recorder {
   readonly marks: Array<{ t: number, event: string, region: string }> = []
   falseSuspicions = 0
   falseDeaths = 0
+  /** Suspicions and deaths of members across a split in the minute after it healed: its after-effect, not the detector's error. */
+  healSuspicions = 0
+  healDeaths = 0
   undetected = 0
   /** Hosts that crashed and restarted before their next host had suspected them: nothing to fail over. */
   returnedFirst = 0
@@ -93,6 +97,8 @@ export class Recorder {
   private lastSample: { t: number, out: number, gossip: number } | null = null
   lostRegionAt: number | null = null
   lostRegion: SimRegion | null = null
+  /** Per partition (a region split inside, a region cut from the rest): how far its CRDT shards' replicas drifted apart, and how soon they were equal after the heal. */
+  readonly partitions: Array<{ event: string, region: number, at: number, healedAt: number | null, maxDivergentEntities: number, maxDivergentShards: number, writes0: number, writes: number, equalAfterHealMs: number | null }> = []
 
   constructor (sim: Simulator) {
     this.sim = sim
@@ -106,6 +112,16 @@ export class Recorder {
 
   mark (event: string, region: SimRegion): void {
     this.marks.push({ t: this.sim.queue.now, event, region: region.site.code })
+    if (event === 'split' || event === 'partition') {
+      this.partitions.push({ event, region: region.index, at: this.sim.queue.now, healedAt: null, maxDivergentEntities: 0, maxDivergentShards: 0, writes0: this.sim.crdt?.writes ?? 0, writes: 0, equalAfterHealMs: null })
+    }
+    if (event === 'split-heal' || event === 'heal') {
+      const open = this.partitions.find((p) => p.region === region.index && p.healedAt == null)
+      if (open != null) {
+        open.healedAt = this.sim.queue.now
+        open.writes = (this.sim.crdt?.writes ?? 0) - open.writes0
+      }
+    }
     if (event === 'region-lost') {
       this.lostRegionAt = this.sim.queue.now
       this.lostRegion = region
@@ -168,12 +184,40 @@ export class Recorder {
     })
   }
 
+  /** Every quarter second: divergence of the partitioned regions' CRDT shards, and whether they are equal again after a heal. */
+  crdtTick (crdt: CrdtModel): void {
+    const now = this.sim.queue.now
+    for (const p of this.partitions) {
+      if (p.equalAfterHealMs != null) continue
+      let entities = 0
+      let shards = 0
+      for (const shard of crdt.shards) {
+        if (shard.region !== p.region) continue
+        const d = crdt.divergence(shard)
+        entities += d
+        if (d > 0) shards++
+      }
+      p.maxDivergentEntities = Math.max(p.maxDivergentEntities, entities)
+      p.maxDivergentShards = Math.max(p.maxDivergentShards, shards)
+      if (p.healedAt != null && entities === 0) p.equalAfterHealMs = now - p.healedAt
+    }
+  }
+
   /** A member's view changed: a takeover may start, or a live member was suspected. */
   memberChanged (observer: SimNode, peer: string, state: string): void {
     if (state !== 'suspect' && state !== 'dead') return
     const subject = this.sim.nodeOf(peer)
     // A suspicion of a node that restarted moments ago is of its previous life, which did die.
-    if (subject?.alive === true && this.sim.queue.now - subject.startedAt > FRESH_LIFE_MS) {
+    // A member the observer cannot reach (a split region's other half) is rightly in doubt.
+    if (subject?.alive === true && this.sim.queue.now - subject.startedAt > FRESH_LIFE_MS && this.sim.reachable(observer, subject)) {
+      // For a minute after a split heals, each half's doubts of the other reach across it, to both halves (until each
+      // member refutes): counted apart.
+      const region = this.sim.regions[subject.region]!
+      if (region.healedAt != null && this.sim.queue.now - region.healedAt < 60_000 && observer.region === subject.region) {
+        if (state === 'suspect') this.healSuspicions++
+        else this.healDeaths++
+        return
+      }
       if (state === 'suspect') this.falseSuspicions++
       else this.falseDeaths++
       return

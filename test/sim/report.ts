@@ -38,10 +38,26 @@ export interface SimFigures {
   agreementMs: ReturnType<typeof quantiles>
   falseSuspicions: number
   falseDeaths: number
+  /** A split region's halves doubting each other in the minute after the heal, until each member refutes. */
+  afterSplitHeal: { suspicions: number, deaths: number }
   coordinateError: { intraAndInterP50: number, interP50: number } | null
   homeShare: { min: number, final: number } | null
   load: { max: number, mean: number } | null
   regionLostRehomeS: number | null
+  /** The tracked CRDT shards (crdt-model.ts): convergence of writes, and each partition's divergence and heal. */
+  crdt: {
+    shards: number
+    writes: number
+    /** Write → every alive replica holds it, for writes outside a partition. */
+    convergenceMs: ReturnType<typeof quantiles>
+    /** The same for writes made in a split region while split: they wait for the heal. */
+    splitConvergenceMs: ReturnType<typeof quantiles>
+    /** Anti-entropy sessions run, and the bytes of deltas and sessions per tracked shard per second. */
+    sessions: number
+    deltaBytesPerShardPerS: number
+    syncBytesPerShardPerS: number
+    partitions: Array<{ event: string, region: string, durationS: number | null, writes: number, maxDivergentEntities: number, maxDivergentShards: number, shards: number, equalAfterHealMs: number | null }>
+  } | null
   marks: Array<{ t: number, event: string, region: string }>
   samples: Sample[]
 }
@@ -81,12 +97,40 @@ export function figures (sim: Simulator, cpuMs: number, heapBytes: number | null
     agreementMs: quantiles(rec.agreementMs),
     falseSuspicions: rec.falseSuspicions,
     falseDeaths: rec.falseDeaths,
+    afterSplitHeal: { suspicions: rec.healSuspicions, deaths: rec.healDeaths },
     coordinateError: last == null ? null : { intraAndInterP50: last.coordinateErrorP50, interP50: last.coordinateErrorInterP50 },
     homeShare: settled.length === 0 ? null : { min: Math.min(...settled.map((s) => s.homeShare)), final: last!.homeShare },
     load: last == null ? null : { max: Math.max(...settled.map((s) => s.loadMax)), mean: last.loadMean },
     regionLostRehomeS: rec.regionRehomeMs == null ? null : rec.regionRehomeMs / 1_000,
+    crdt: crdtFigures(sim),
     marks: rec.marks,
     samples: rec.samples
+  }
+}
+
+function crdtFigures (sim: Simulator): SimFigures['crdt'] {
+  const crdt = sim.crdt
+  if (crdt == null) return null
+  const trackedS = Math.max(1, sim.options.durationS - Math.max(30, sim.options.durationS * 0.1))
+  const perShardPerS = (bytes: number): number => Math.round(bytes / Math.max(1, crdt.shards.length) / trackedS)
+  return {
+    shards: crdt.shards.length,
+    writes: crdt.writes,
+    convergenceMs: quantiles(crdt.convergenceMs),
+    splitConvergenceMs: quantiles(crdt.splitConvergenceMs),
+    sessions: crdt.sessions,
+    deltaBytesPerShardPerS: perShardPerS(crdt.deltaBytes),
+    syncBytesPerShardPerS: perShardPerS(crdt.syncBytes),
+    partitions: sim.recorder.partitions.map((p) => ({
+      event: p.event,
+      region: sim.regions[p.region]!.site.code,
+      durationS: p.healedAt == null ? null : (p.healedAt - p.at) / 1_000,
+      writes: p.writes,
+      maxDivergentEntities: p.maxDivergentEntities,
+      maxDivergentShards: p.maxDivergentShards,
+      shards: crdt.shards.filter((s) => s.region === p.region).length,
+      equalAfterHealMs: p.equalAfterHealMs
+    }))
   }
 }
 

@@ -30,6 +30,7 @@ import { regionSites, siteNear, siteRtt, type RegionSite, type Site } from './ge
 import { disseminationMs, eagerBytesPerMember, lazyBytesPerMemberPerS, messageWireBytes } from './gossip-model.ts'
 import { fork, pick, seeded, type Random } from './rng.ts'
 import { Recorder } from './recorder.ts'
+import { CrdtModel } from './crdt-model.ts'
 
 export interface SimOptions {
   nodes: number
@@ -50,6 +51,11 @@ export interface SimOptions {
   gossipFactor: number
   /** Load-report and failure-detection faults: hosts killed for failover trials. */
   killTrials: number
+  /** CRDT shards tracked per region (crdt-model.ts): their replicas' state, convergence and divergence. */
+  crdtShardsPerRegion: number
+  crdtWritesPerShardPerS: number
+  /** Anti-entropy period (shards.syncIntervalMs). */
+  syncIntervalMs: number
   faults: boolean
   progress?: (line: string) => void
 }
@@ -67,6 +73,9 @@ export const defaultSimOptions: SimOptions = {
   summaryMs: 10_000,
   gossipFactor: 0.25,
   killTrials: 20,
+  crdtShardsPerRegion: 2,
+  crdtWritesPerShardPerS: 2,
+  syncIntervalMs: 30_000,
   faults: true
 }
 
@@ -122,6 +131,10 @@ export interface SimRegion {
   gossipBytesPerMember: number
   /** The region's side of a partition: cut from every other region while true. */
   cut: boolean
+  /** Split inside: its members' two halves cannot reach each other while true. */
+  split: boolean
+  /** When its last split healed: for a minute its members feed each other's load reports to SWIM (a dead member heard is told so, and refutes). */
+  healedAt: number | null
   lost: boolean
 }
 
@@ -139,6 +152,8 @@ export class Simulator {
   private readonly policy = new Policy()
   private readonly loadReportWire: number
   private readonly claimWire: number
+  /** CRDT shards and their replicas, from the end of the warm-up. */
+  crdt: CrdtModel | undefined
   events = 0
   claimsDelivered = 0
   /** Bytes sent over all nodes, by what they carried (probes are counted per node, in SimNode.bytesOut). */
@@ -157,7 +172,7 @@ export class Simulator {
       const index = this.regions.length
       const shards: ShardInfo[] = []
       for (let k = 0; k < this.options.shardsPerRegion; k++) shards.push({ id: `physics.${index}.${k}`, layer: PHYSICS, cx: index, cy: k, homeRegion: site.code })
-      this.regions.push({ index, site, members: new Set(), shards, meanOneWayMs: 0, gossipBytesPerMember: 0, cut: false, lost: false })
+      this.regions.push({ index, site, members: new Set(), shards, meanOneWayMs: 0, gossipBytesPerMember: 0, cut: false, split: false, healedAt: null, lost: false })
     }
     for (let i = 0; i < this.options.nodes; i++) {
       const region = this.regions[i % this.regions.length]!
@@ -188,10 +203,15 @@ export class Simulator {
     return siteRtt(a.site, b.site)
   }
 
-  /** Whether a message from a can reach b: a partitioned region reaches only itself. */
+  /** Whether a message from a can reach b: a partitioned region reaches only itself, and a split one not its other half. */
   reachable (a: SimNode, b: SimNode): boolean {
-    if (a.region === b.region) return true
+    if (a.region === b.region) return !this.regions[a.region]!.split || this.half(a) === this.half(b)
     return !this.regions[a.region]!.cut && !this.regions[b.region]!.cut
+  }
+
+  /** Which side of a split region a node is on: alternate members by their order in the region. */
+  half (node: SimNode): number {
+    return Math.floor(node.index / this.regions.length) % 2
   }
 
   /** Runs the whole scenario. */
@@ -204,6 +224,7 @@ export class Simulator {
     this.queue.at(1_000, () => this.summariesTick())
     for (const region of this.regions) this.queue.at(this.random() * this.options.telemetryMs, () => this.telemetryTick(region))
     this.recorder.schedule(end)
+    this.queue.at(Math.min(Math.max(30_000, end * 0.1), end), () => this.trackCrdt())
     if (this.options.faults) this.scheduleFaults(end)
     const started = performance.now()
     let lastLine = started
@@ -229,6 +250,7 @@ export class Simulator {
     node.life++
     node.startedAt = this.queue.now
     this.recorder.restarted(node)
+    this.crdt?.restarted(node)
     node.scheduled = Number.POSITIVE_INFINITY
     const now = this.queue.now
     node.swim = new Swim(node.id, Math.floor(now), {}, node.random, (peer) => {
@@ -365,6 +387,7 @@ export class Simulator {
       for (const m of region.members) {
         if (m === node.index) continue
         const member = this.nodes[m]!
+        if (!this.reachable(node, member)) continue
         this.claimsDelivered++
         const verdict = member.swim.claim(from, claim, now)
         if (verdict === 'applied') this.drive(member)
@@ -387,6 +410,15 @@ export class Simulator {
     const ihave = lazyBytesPerMemberPerS(n, n / (this.options.telemetryMs / 1_000), REGION_TOPIC, this.options.gossipFactor) * this.options.telemetryMs / 1_000
     region.gossipBytesPerMember += ihave
     this.sentByKind.ihave += ihave * n
+    // A split healed: members hear each other's load reports again, and SWIM tells a member it holds dead so.
+    if (region.healedAt != null && this.queue.now - region.healedAt < 60_000) {
+      const now = this.queue.now
+      for (const m of region.members) {
+        const member = this.nodes[m]!
+        for (const o of region.members) if (o !== m && this.reachable(this.nodes[o]!, member)) member.swim.heard(this.nodes[o]!.id, now)
+        this.drive(member)
+      }
+    }
     this.queue.after(this.options.telemetryMs, () => this.telemetryTick(region))
   }
 
@@ -505,6 +537,36 @@ export class Simulator {
     return count === 0 ? 1 : sum / count
   }
 
+  /** The CRDT shards of each region, replicated where placement puts the region's first shards at the end of the warm-up. */
+  private trackCrdt (): void {
+    const host = {
+      now: () => this.queue.now,
+      after: (ms: number, fn: () => void) => { this.queue.after(ms, fn) },
+      reachable: (a: SimNode, b: SimNode) => this.reachable(a, b),
+      rtt: (a: SimNode, b: SimNode) => this.rtt(a, b),
+      lost: (from: SimNode) => this.lost(from),
+      random: fork(this.random)
+    }
+    const crdt = new CrdtModel(host, { writesPerShardPerS: this.options.crdtWritesPerShardPerS, syncIntervalMs: this.options.syncIntervalMs })
+    crdt.inSplit = (shard) => this.regions[shard.region]!.split
+    for (const region of this.regions) {
+      const placed = this.placeRegion(region)
+      for (const shard of region.shards.slice(0, this.options.crdtShardsPerRegion)) {
+        const host = placed.hosts.get(shard.id)
+        if (host == null) continue
+        const nodes = [host, ...(placed.replicas.get(shard.id) ?? [])].map((id) => this.nodeOf(id)!)
+        crdt.track(`presence.${region.index}.${shard.cy}`, region.index, nodes)
+      }
+    }
+    this.crdt = crdt
+    const watch = (): void => {
+      crdt.watch()
+      this.recorder.crdtTick(crdt)
+      this.queue.after(250, watch)
+    }
+    this.queue.after(250, watch)
+  }
+
   private scheduleFaults (end: number): void {
     const warm = Math.max(30_000, end * 0.1)
     const { killTrials, churnPerMin } = this.options
@@ -534,6 +596,12 @@ export class Simulator {
       }
     }
     if (this.regions.length < 4) return
+    if (this.regions.length >= 5) {
+      // A region split in two inside (its members' halves cannot reach each other), then healed.
+      const split = this.regions[4]!
+      this.queue.at(end * 0.4, () => { split.split = true; this.recorder.mark('split', split) })
+      this.queue.at(end * 0.47, () => { split.split = false; split.healedAt = this.queue.now; this.recorder.mark('split-heal', split) })
+    }
     // A region partitioned from the rest, then healed; one lost for good; a flash crowd on a third.
     const [cut, gone, crowd] = [this.regions[1]!, this.regions[2]!, this.regions[3]!]
     this.queue.at(end * 0.53, () => { cut.cut = true; this.recorder.mark('partition', cut) })
