@@ -115,8 +115,25 @@ async function simulate (args: string[]): Promise<Record<string, unknown>> {
   }
 }
 
+/**
+ * Failure detection beside the real daemons: the simulator's kill -9 (a crash that closes the node's connections)
+ * in a flat 10-node grid, and the mesh bench's figures for 10 daemons on the testbed (its latest run, read from
+ * results/mesh.json: the daemons are not run twice).
+ */
+async function detection (): Promise<Record<string, unknown>> {
+  const sim = await simulate(['--nodes', '10', '--regions', '1', '--seed', '1', '--duration', '400', '--kill-trials', '12', '--churn', '0', '--crash-closes'])
+  const mesh = JSON.parse(await readFile(new URL('./results/mesh.json', import.meta.url), 'utf8')) as { startedAt: string, figures: { failureDetection: { suspectMs: unknown, deadMs: unknown } } }
+  const d = sim.detection as { suspectMs: { p50: number } | null, deadMs: { p50: number } | null }
+  const real = mesh.figures.failureDetection as { suspectMs: { p50: number }, deadMs: { p50: number } }
+  return {
+    sim: d,
+    daemons: { measuredAt: mesh.startedAt, suspectMs: real.suspectMs, deadMs: real.deadMs },
+    ratio: { suspectP50: d.suspectMs == null ? null : d.suspectMs.p50 / real.suspectMs.p50, deadP50: d.deadMs == null ? null : d.deadMs.p50 / real.deadMs.p50 }
+  }
+}
+
 export async function run (): Promise<Record<string, unknown>> {
-  const calibration = { nodes10: await calibrate(10), nodes30: await calibrate(30) }
+  const calibration = { nodes10: await calibrate(10), nodes30: await calibrate(30), detection: await detection() }
   const hierarchy10k = await simulate(['--nodes', '10000', '--regions', '40', '--seed', '1', '--duration', '600'])
   const flat1k = await simulate(['--nodes', '1000', '--regions', '1', '--seed', '1', '--duration', '600'])
   const hierarchy1k = await simulate(['--nodes', '1000', '--regions', '4', '--seed', '1', '--duration', '600'])

@@ -56,6 +56,10 @@ export class Recorder {
   readonly failoverMs: number[] = []
   readonly agreementMs: number[] = []
   readonly placementMs: number[] = []
+  /** Failover trials' victims: time from the kill to each other member of the region holding it suspect, and dead. */
+  readonly suspectMs: number[] = []
+  readonly deadMs: number[] = []
+  private readonly detecting = new Map<string, { at: number, suspected: Set<number>, dead: Set<number> }>()
   readonly marks: Array<{ t: number, event: string, region: string }> = []
   falseSuspicions = 0
   falseDeaths = 0
@@ -134,6 +138,8 @@ export class Recorder {
 
   trial (node: SimNode): void {
     this.trialVictims.add(node.index)
+    this.detecting.set(node.id, { at: this.sim.queue.now, suspected: new Set(), dead: new Set() })
+    this.sim.queue.after(30_000, () => this.detecting.delete(node.id))
     this.sim.queue.after(31_000, () => this.trialVictims.delete(node.index))
   }
 
@@ -206,6 +212,19 @@ export class Recorder {
   /** A member's view changed: a takeover may start, or a live member was suspected. */
   memberChanged (observer: SimNode, peer: string, state: string): void {
     if (state !== 'suspect' && state !== 'dead') return
+    const detection = this.detecting.get(peer)
+    if (detection != null) {
+      // What the mesh bench measures on real daemons: kill → suspect, and → dead, on each other member.
+      const ms = this.sim.queue.now - detection.at
+      if (!detection.suspected.has(observer.index)) {
+        detection.suspected.add(observer.index)
+        this.suspectMs.push(ms)
+      }
+      if (state === 'dead' && !detection.dead.has(observer.index)) {
+        detection.dead.add(observer.index)
+        this.deadMs.push(ms)
+      }
+    }
     const subject = this.sim.nodeOf(peer)
     // A suspicion of a node that restarted moments ago is of its previous life, which did die.
     // A member the observer cannot reach (a split region's other half) is rightly in doubt.

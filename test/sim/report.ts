@@ -33,6 +33,8 @@ export interface SimFigures {
   /** The flat alternative, computed once on the same nodes: every shard over every node. */
   flatPlacementMs: number
   failoverMs: ReturnType<typeof quantiles>
+  /** Kill → suspect and → dead on each other member of the victim's region (the mesh bench's figure on real daemons). */
+  detection: { suspectMs: ReturnType<typeof quantiles>, deadMs: ReturnType<typeof quantiles> }
   failoverUndetected: number
   failoverReturnedFirst: number
   agreementMs: ReturnType<typeof quantiles>
@@ -92,6 +94,7 @@ export function figures (sim: Simulator, cpuMs: number, heapBytes: number | null
     },
     flatPlacementMs: sim.placeFlat(),
     failoverMs: quantiles(rec.failoverMs),
+    detection: { suspectMs: quantiles(rec.suspectMs), deadMs: quantiles(rec.deadMs) },
     failoverUndetected: rec.undetected,
     failoverReturnedFirst: rec.returnedFirst,
     agreementMs: quantiles(rec.agreementMs),

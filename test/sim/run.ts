@@ -12,7 +12,7 @@ import { parseArgs } from 'node:util'
 import { Simulator } from './simulator.ts'
 import { figures, mapSvg, seriesSvg, writePictures } from './report.ts'
 
-const USAGE = 'usage: npm run sim -- [--nodes N] [--regions R] [--seed S] [--duration SECONDS] [--shards-per-region K] [--churn SHARE_PER_MIN] [--loss P] [--telemetry-ms MS] [--gossip-factor F] [--no-faults] [--out FILE] [--pictures BASE | --no-pictures]'
+const USAGE = 'usage: npm run sim -- [--nodes N] [--regions R] [--seed S] [--duration SECONDS] [--shards-per-region K] [--churn SHARE_PER_MIN] [--loss P] [--telemetry-ms MS] [--gossip-factor F] [--kill-trials N] [--crash-closes] [--no-faults] [--out FILE] [--pictures BASE | --no-pictures]'
 
 function int (name: string, value: string | undefined, fallback: number, min: number, max: number): number {
   if (value == null) return fallback
@@ -40,6 +40,8 @@ async function main (): Promise<void> {
       loss: { type: 'string' },
       'telemetry-ms': { type: 'string' },
       'gossip-factor': { type: 'string' },
+      'kill-trials': { type: 'string' },
+      'crash-closes': { type: 'boolean' },
       'no-faults': { type: 'boolean' },
       out: { type: 'string' },
       pictures: { type: 'string' },
@@ -66,6 +68,8 @@ async function main (): Promise<void> {
     lossRate: fraction('loss', values.loss, 0.001),
     telemetryMs: int('telemetry-ms', values['telemetry-ms'], 5_000, 100, 600_000),
     gossipFactor: fraction('gossip-factor', values['gossip-factor'], 0.25),
+    killTrials: int('kill-trials', values['kill-trials'], 20, 0, 10_000),
+    crashCloses: values['crash-closes'] === true,
     faults: values['no-faults'] !== true,
     progress: (line) => process.stderr.write(line + '\n')
   })

@@ -51,6 +51,12 @@ export interface SimOptions {
   gossipFactor: number
   /** Load-report and failure-detection faults: hosts killed for failover trials. */
   killTrials: number
+  /**
+   * A crash closes the node's connections, as kill -9 does (the kernel closes its sockets and every peer sees its
+   * connection go, and probes at once), rather than a silent one (power, network), the default. The mesh bench kills
+   * with SIGKILL: the calibration runs this way.
+   */
+  crashCloses: boolean
   /** CRDT shards tracked per region (crdt-model.ts): their replicas' state, convergence and divergence. */
   crdtShardsPerRegion: number
   crdtWritesPerShardPerS: number
@@ -73,6 +79,7 @@ export const defaultSimOptions: SimOptions = {
   summaryMs: 10_000,
   gossipFactor: 0.25,
   killTrials: 20,
+  crashCloses: false,
   crdtShardsPerRegion: 2,
   crdtWritesPerShardPerS: 2,
   syncIntervalMs: 30_000,
@@ -279,6 +286,18 @@ export class Simulator {
     region.members.delete(node.index)
     this.recorder.killed(node)
     this.recorder.changed(region)
+    if (!this.options.crashCloses) return
+    // Every member is connected to it (probes keep the connections): each sees its connection close.
+    for (const m of region.members) {
+      const member = this.nodes[m]!
+      if (!this.reachable(member, node)) continue
+      const life = member.life
+      this.queue.after(this.rtt(member, node) / 2, () => {
+        if (member.life !== life || !member.alive) return
+        member.swim.disconnected(node.id, this.queue.now)
+        this.drive(member)
+      })
+    }
   }
 
   nodeOf (id: string): SimNode | undefined {
@@ -313,6 +332,11 @@ export class Simulator {
     }
   }
 
+  /** How soon a dial to a dead node fails: a round trip when its process died and the machine refuses (crashCloses), never otherwise. */
+  private refusedAfter (from: SimNode, to: SimNode): number {
+    return this.options.crashCloses && !to.alive && this.reachable(from, to) ? this.rtt(from, to) : Number.POSITIVE_INFINITY
+  }
+
   private lost (node: SimNode): boolean {
     return node.random() < this.options.lossRate
   }
@@ -335,7 +359,9 @@ export class Simulator {
       node.bytesIn += PROBE_BYTES
     }
     const ok = rtt != null && rtt < timeoutMs
-    this.queue.after(ok ? rtt : timeoutMs, () => {
+    // A process that died on a machine still up: its port refuses the dial one round trip later.
+    const refusedAfter = this.refusedAfter(node, target)
+    this.queue.after(ok ? rtt : Math.min(timeoutMs, refusedAfter), () => {
       if (node.life !== life) return
       const now = this.queue.now
       if (ok) {
@@ -353,6 +379,8 @@ export class Simulator {
     if (target == null) return
     let firstAck = Number.POSITIVE_INFINITY
     let nacks = 0
+    // When every helper has answered (a nack for a target that refused them), the round ends then, not at the timeout.
+    let lastNack = 0
     for (const h of helpers) {
       const helper = this.nodeOf(h)
       if (helper == null) continue
@@ -364,11 +392,18 @@ export class Simulator {
       node.bytesIn += INDIRECT_BYTES
       const onward = this.pingOutcome(helper, target)
       if (onward != null && onward < defaultSwimOptions.probeTimeoutMs) firstAck = Math.min(firstAck, toHelper + onward)
-      else if (toHelper + defaultSwimOptions.probeTimeoutMs < timeoutMs) nacks++
+      else {
+        const answered = toHelper + Math.min(defaultSwimOptions.probeTimeoutMs, this.refusedAfter(helper, target))
+        if (answered < timeoutMs) {
+          nacks++
+          lastNack = Math.max(lastNack, answered)
+        }
+      }
     }
     const life = node.life
     const acked = firstAck < timeoutMs
-    this.queue.after(acked ? firstAck : timeoutMs, () => {
+    const allNacked = nacks === helpers.length && helpers.length > 0
+    this.queue.after(acked ? firstAck : allNacked ? lastNack : timeoutMs, () => {
       if (node.life !== life) return
       node.swim.indirectDone(id, { asked: helpers.length, acks: acked ? 1 : 0, nacks }, this.queue.now)
       this.drive(node, false)

@@ -61,4 +61,13 @@ describe('the simulator (real SWIM, Vivaldi and placement cores on a virtual clo
     // Nobody reachable was declared dead: the split's deaths are across it.
     expect(figures(sim, 0, null).falseDeaths).toBe(0)
   })
+
+  it('detects a kill -9 (its connections close, its port refuses) at once, a silent crash after a probe timeout and an indirect round', () => {
+    const closes = figures(run({ nodes: 10, regions: 1, seed: 4, durationS: 200, killTrials: 6, churnPerMin: 0, crashCloses: true }), 0, null).detection
+    const silent = figures(run({ nodes: 10, regions: 1, seed: 4, durationS: 200, killTrials: 6, churnPerMin: 0 }), 0, null).detection
+    expect(closes.suspectMs!.n).toBeGreaterThanOrEqual(40)
+    expect(closes.suspectMs!.p50).toBeLessThan(100)
+    expect(silent.suspectMs!.p50).toBeGreaterThan(300)
+    expect(closes.deadMs!.p50).toBeLessThan(silent.deadMs!.p50)
+  })
 })
