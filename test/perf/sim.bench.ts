@@ -117,11 +117,11 @@ async function simulate (args: string[]): Promise<Record<string, unknown>> {
 
 /**
  * Failure detection beside the real daemons: the simulator's kill -9 (a crash that closes the node's connections)
- * in a flat 10-node grid, and the mesh bench's figures for 10 daemons on the testbed (its latest run, read from
+ * in a flat 10-node grid spread over the testbed's first 10 cities, as the mesh bench's daemons are, and its figures for 10 daemons on the testbed (its latest run, read from
  * results/mesh.json: the daemons are not run twice).
  */
 async function detection (): Promise<Record<string, unknown>> {
-  const sim = await simulate(['--nodes', '10', '--regions', '1', '--seed', '1', '--duration', '400', '--kill-trials', '12', '--churn', '0', '--crash-closes'])
+  const sim = await simulate(['--nodes', '10', '--regions', '1', '--seed', '1', '--duration', '400', '--kill-trials', '12', '--churn', '0', '--crash-closes', '--spread-over', '10'])
   const mesh = JSON.parse(await readFile(new URL('./results/mesh.json', import.meta.url), 'utf8')) as { startedAt: string, figures: { failureDetection: { suspectMs: unknown, deadMs: unknown } } }
   const d = sim.detection as { suspectMs: { p50: number } | null, deadMs: { p50: number } | null }
   const real = mesh.figures.failureDetection as { suspectMs: { p50: number }, deadMs: { p50: number } }

@@ -12,7 +12,7 @@ import { parseArgs } from 'node:util'
 import { Simulator } from './simulator.ts'
 import { figures, mapSvg, seriesSvg, writePictures } from './report.ts'
 
-const USAGE = 'usage: npm run sim -- [--nodes N] [--regions R] [--seed S] [--duration SECONDS] [--shards-per-region K] [--churn SHARE_PER_MIN] [--loss P] [--telemetry-ms MS] [--gossip-factor F] [--kill-trials N] [--crash-closes] [--no-faults] [--out FILE] [--pictures BASE | --no-pictures]'
+const USAGE = 'usage: npm run sim -- [--nodes N] [--regions R] [--seed S] [--duration SECONDS] [--shards-per-region K] [--churn SHARE_PER_MIN] [--loss P] [--telemetry-ms MS] [--gossip-factor F] [--kill-trials N] [--crash-closes] [--spread-over CITIES] [--no-faults] [--out FILE] [--pictures BASE | --no-pictures]'
 
 function int (name: string, value: string | undefined, fallback: number, min: number, max: number): number {
   if (value == null) return fallback
@@ -42,6 +42,7 @@ async function main (): Promise<void> {
       'gossip-factor': { type: 'string' },
       'kill-trials': { type: 'string' },
       'crash-closes': { type: 'boolean' },
+      'spread-over': { type: 'string' },
       'no-faults': { type: 'boolean' },
       out: { type: 'string' },
       pictures: { type: 'string' },
@@ -70,6 +71,7 @@ async function main (): Promise<void> {
     gossipFactor: fraction('gossip-factor', values['gossip-factor'], 0.25),
     killTrials: int('kill-trials', values['kill-trials'], 20, 0, 10_000),
     crashCloses: values['crash-closes'] === true,
+    spreadOver: int('spread-over', values['spread-over'], 0, 0, 1_000),
     faults: values['no-faults'] !== true,
     progress: (line) => process.stderr.write(line + '\n')
   })

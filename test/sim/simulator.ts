@@ -57,6 +57,11 @@ export interface SimOptions {
    * with SIGKILL: the calibration runs this way.
    */
   crashCloses: boolean
+  /**
+   * Nodes spread over this many cities (the testbed's, in its order) whatever their region: a flat grid of 10 in
+   * 10 cities is the mesh bench's testbed. 0: each node near its region's city.
+   */
+  spreadOver: number
   /** CRDT shards tracked per region (crdt-model.ts): their replicas' state, convergence and divergence. */
   crdtShardsPerRegion: number
   crdtWritesPerShardPerS: number
@@ -80,6 +85,7 @@ export const defaultSimOptions: SimOptions = {
   gossipFactor: 0.25,
   killTrials: 20,
   crashCloses: false,
+  spreadOver: 0,
   crdtShardsPerRegion: 2,
   crdtWritesPerShardPerS: 2,
   syncIntervalMs: 30_000,
@@ -92,6 +98,8 @@ const PROBE_BYTES = 120
 const INDIRECT_BYTES = 160
 /** Lifeguard's and the lease's timers run on a loaded machine: answering a probe takes this long at the far end. */
 const PROCESSING_MS = 0.5
+/** Round trips a probe or a request takes: multistream-select on a new stream, then the exchange itself. */
+const STREAM_RTTS = 2
 /** Connections a node keeps to other regions' representatives (libp2p closes idle ones; its WAN probes renew a few). */
 const WAN_CONNECTIONS = 8
 const PHYSICS: Layer = { name: 'physics', consistency: 'host', require: [], decorative: false, tickHz: 20, quantum: 0 }
@@ -181,6 +189,7 @@ export class Simulator {
       for (let k = 0; k < this.options.shardsPerRegion; k++) shards.push({ id: `physics.${index}.${k}`, layer: PHYSICS, cx: index, cy: k, homeRegion: site.code })
       this.regions.push({ index, site, members: new Set(), shards, meanOneWayMs: 0, gossipBytesPerMember: 0, cut: false, split: false, healedAt: null, lost: false })
     }
+    const spread = this.options.spreadOver > 0 ? regionSites(this.options.spreadOver, this.random) : null
     for (let i = 0; i < this.options.nodes; i++) {
       const region = this.regions[i % this.regions.length]!
       const random = fork(this.random)
@@ -188,7 +197,7 @@ export class Simulator {
         index: i,
         id: `n${i}`,
         region: region.index,
-        site: siteNear(region.site, random),
+        site: siteNear(spread == null ? region.site : spread[i % spread.length]!, random),
         alive: false,
         life: 0,
         swim: undefined as unknown as Swim,
@@ -358,10 +367,12 @@ export class Simulator {
       target.bytesOut += PROBE_BYTES
       node.bytesIn += PROBE_BYTES
     }
-    const ok = rtt != null && rtt < timeoutMs
+    // A probe opens a stream (a round trip for multistream-select) and pings (another): the daemon's prober, and
+    // why swim.ts gives a far member three of its round trips. The ping's own round trip is the RTT sample.
+    const ok = rtt != null && STREAM_RTTS * rtt < timeoutMs
     // A process that died on a machine still up: its port refuses the dial one round trip later.
     const refusedAfter = this.refusedAfter(node, target)
-    this.queue.after(ok ? rtt : Math.min(timeoutMs, refusedAfter), () => {
+    this.queue.after(ok ? STREAM_RTTS * rtt : Math.min(timeoutMs, refusedAfter), () => {
       if (node.life !== life) return
       const now = this.queue.now
       if (ok) {
@@ -386,11 +397,14 @@ export class Simulator {
       if (helper == null) continue
       node.bytesOut += INDIRECT_BYTES
       helper.bytesIn += INDIRECT_BYTES
-      const toHelper = this.pingOutcome(node, helper)
-      if (toHelper == null) continue
+      const helperRtt = this.pingOutcome(node, helper)
+      if (helperRtt == null) continue
+      // The request to the helper opens a stream too; the helper's probe of the target is a probe like any.
+      const toHelper = STREAM_RTTS * helperRtt
       helper.bytesOut += INDIRECT_BYTES + PROBE_BYTES
       node.bytesIn += INDIRECT_BYTES
-      const onward = this.pingOutcome(helper, target)
+      const onwardRtt = this.pingOutcome(helper, target)
+      const onward = onwardRtt == null ? null : STREAM_RTTS * onwardRtt
       if (onward != null && onward < defaultSwimOptions.probeTimeoutMs) firstAck = Math.min(firstAck, toHelper + onward)
       else {
         const answered = toHelper + Math.min(defaultSwimOptions.probeTimeoutMs, this.refusedAfter(helper, target))
